@@ -1,0 +1,155 @@
+"""What the entry points share: the error guard, run dirs, data, trainer and summaries.
+
+The Hydra config stops here: these helpers turn it into typed objects for the rest of cssl.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.utilities import rank_zero_only
+
+from cssl.checkpoint import AtomicCheckpointIO
+from cssl.data import ImageDataModule, build_datamodule
+from cssl.errors import ConfigError, check
+from cssl.loggers import build_logger
+
+CONFIG_GROUPS = ("method", "data", "trainer", "logger", "experiment")
+
+
+def guard(fn: Callable[[], Any]) -> Any:
+    """Run ``fn``; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
+    try:
+        return fn()
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def check_group_overrides(argv: list[str], config_dir: Path) -> None:
+    """Fail in one line on ``group=value`` overrides that name no config file (before Hydra composes)."""
+    for arg in argv:
+        key, sep, value = arg.lstrip("+~").partition("=")
+        if not sep or key not in CONFIG_GROUPS or not value or "," in value or value == "null":
+            continue
+        if not (config_dir / key / f"{value}.yaml").is_file():
+            options = sorted(p.stem for p in (config_dir / key).glob("*.yaml") if not p.stem.startswith("_"))
+            print(f"error: unknown {key} {value!r}: choose {key}= one of {', '.join(options)}", file=sys.stderr)
+            sys.exit(2)
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    """The run's folder: Hydra's job output dir (``run_dir``, or one folder per job in a multirun)."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        out = Path(HydraConfig.get().runtime.output_dir)
+    except (ImportError, ValueError):
+        out = Path(str(cfg.run_dir))
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def plain(cfg: DictConfig) -> dict[str, Any]:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+
+
+def build_data(cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None) -> ImageDataModule:
+    """The data module of ``cfg.data`` (augmentation options excluded: the caller builds the transforms)."""
+    options = {k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "multicrop")}
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
+    return build_datamodule(
+        str(cfg.data.name), train_split=train_split, train_transform=train_transform, eval_transform=eval_transform, **options
+    )
+
+
+def build_trainer(
+    cfg: DictConfig, run_dir: Path, *, callbacks: list[pl.Callback], logger_config: dict[str, Any] | None = None
+) -> pl.Trainer:
+    """A Trainer from ``cfg.trainer`` with cssl's checkpoint IO, progress bar and logger."""
+    options = plain(cfg.trainer)
+    log = dict(plain(cfg.logger))
+    logger = build_logger(str(log.pop("name")), run_dir, config=logger_config, **log)
+    progress_bar = bool(options.pop("progress_bar", True))
+    if progress_bar:
+        callbacks = [*callbacks, pl.callbacks.RichProgressBar()]
+    strategy = options.pop("strategy", "auto")
+    if strategy == "ddp" and str(options.get("accelerator")) == "cpu":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = DDPStrategy(process_group_backend="gloo", find_unused_parameters=False)
+    elif strategy == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        strategy = DDPStrategy(find_unused_parameters=False)
+    try:
+        return pl.Trainer(
+            **options,
+            strategy=strategy,
+            default_root_dir=str(run_dir),
+            logger=logger if logger is not None else False,
+            callbacks=callbacks,
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=progress_bar,
+            num_sanity_val_steps=0,
+        )
+    except (TypeError, ValueError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
+    except pl.utilities.exceptions.MisconfigurationException as err:
+        raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
+
+
+class Throughput(pl.Callback):
+    """Training images per second over the whole run (all ranks, validation excluded)."""
+
+    def __init__(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.images = 0
+        self.seconds = 0.0
+        self._start = 0.0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._start = time.perf_counter()
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        self.seconds += time.perf_counter() - self._start
+        self.images += self.batch_size * trainer.world_size
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def metric(trainer: pl.Trainer, key: str) -> float | None:
+    value = trainer.callback_metrics.get(key)
+    return None if value is None else float(value)
+
+
+@rank_zero_only
+def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
+    """Write ``summary.json`` atomically and print it."""
+    path = run_dir / "summary.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(summary, indent=2) + "\n")
+    tmp.replace(path)
+    print(json.dumps(summary, indent=2))
+
+
+@rank_zero_only
+def save_config(run_dir: Path, cfg: DictConfig) -> None:
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+
+
+def check_int(name: str, value: Any, minimum: int) -> None:
+    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, f"{name} must be an integer >= {minimum}, got {value!r}")

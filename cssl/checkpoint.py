@@ -1,0 +1,123 @@
+"""Checkpoints: atomic writes, weights-only reads, and the RNG state that makes resume exact."""
+
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+from cssl import distributed
+from cssl.errors import ConfigError
+
+FORMAT_VERSION = 1
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes to a temporary file in the same folder, fsyncs, then renames over the target, so that an
+    interrupted save never leaves a truncated checkpoint; reads with ``weights_only=True``."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        atomic_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
+        return read_checkpoint(Path(path), map_location=map_location or "cpu")
+
+
+def atomic_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a cssl checkpoint without unpickling arbitrary objects.
+
+    Raises:
+        ConfigError: the file is missing, unreadable, not a checkpoint, holds objects other than tensors
+            and plain containers (tampered), or was not written by cssl.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"checkpoint {path} does not exist; pass the path of a .ckpt file or of a run dir")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ConfigError(f"checkpoint {path} was refused: it holds objects that are not weights ({first})") from None
+    except Exception as err:  # noqa: BLE001 - any other failure means an unreadable file
+        raise ConfigError(f"checkpoint {path} is unreadable ({type(err).__name__}); is it a cssl .ckpt file?") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "cssl" not in ckpt:
+        raise ConfigError(f"checkpoint {path} was not written by cssl (no state_dict/cssl entries)")
+    return ckpt
+
+
+def find_checkpoint(path: Path) -> Path:
+    """A .ckpt file as given, or the newest checkpoint of a run dir (``last.ckpt`` first)."""
+    path = Path(path)
+    if path.is_dir():
+        folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+        if (folder / "last.ckpt").is_file():
+            return folder / "last.ckpt"
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        if not found:
+            raise ConfigError(f"no checkpoint in {folder}; pass a .ckpt file or the run_dir of a finished run")
+        return found[-1]
+    return path
+
+
+class RNGState(pl.Callback):
+    """Saves and restores the random generators (Python, NumPy, torch CPU and accelerator) of every rank,
+    so that a resumed run draws the same augmentations and shuffles as an uninterrupted one."""
+
+    def state_dict(self) -> dict[str, Any]:
+        state = _rng_state()
+        if distributed.world_size() > 1:
+            states: list[Any] = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(states, state)
+            return {"per_rank": states}
+        return {"per_rank": [state]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        states = state_dict.get("per_rank", [])
+        if states:
+            _set_rng_state(states[min(distributed.rank(), len(states) - 1)])
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(_to_tuple(state["python"]))
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_tuple(x: Any) -> Any:
+    return tuple(_to_tuple(v) for v in x) if isinstance(x, list | tuple) else x

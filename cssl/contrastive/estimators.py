@@ -1,0 +1,133 @@
+"""Estimators: turn (positive, negatives) similarities into an InfoNCE-style loss.
+
+All three share one frame (METHODS.md)::
+
+    loss_i = -log( e^{s(i,+)/t} / (e^{s(i,+)/t} + Ng_i) )
+
+and differ in Ng_i, the estimate of the negative term:
+
+- ``infonce``: Ng_i = sum_j e^{s(i,j)/t}.
+- ``dcl`` (Chuang et al. 2020): Ng_i = max((sum_j e^{s_ij/t} - tau_plus*N*e^{s_i+/t}) / (1-tau_plus), N*e^{-1/t}).
+- ``hcl`` (Robinson et al. 2021): as DCL with the sum importance-weighted by imp_ij = e^{beta*s_ij/t},
+  normalised by its mean over the anchor's negatives (not detached, as in the official code).
+
+Everything is computed in fp32 and in log space (logsumexp first, then the subtraction), so a small
+temperature with thousands of hard negatives neither overflows nor loses the debiasing term.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from cssl.errors import ConfigError, check_positive, check_unit_interval
+
+ESTIMATORS = ("infonce", "dcl", "hcl")
+
+
+def check_estimator(estimator: str, temperature: float, tau_plus: float, beta: float) -> None:
+    """Validate estimator hyper-parameters; raises :class:`ConfigError` naming the bad key."""
+    if estimator not in ESTIMATORS:
+        raise ConfigError(f"estimator must be one of {', '.join(ESTIMATORS)}, got {estimator!r}")
+    check_positive("temperature", temperature)
+    check_unit_interval("tau_plus", tau_plus)
+    if not (isinstance(beta, int | float) and beta >= 0):
+        raise ConfigError(f"beta must be >= 0, got {beta!r}")
+
+
+def info_nce(
+    pos: Tensor,
+    neg: Tensor,
+    temperature: float,
+    *,
+    estimator: str = "infonce",
+    tau_plus: float = 0.0,
+    beta: float = 0.0,
+    neg_mask: Tensor | None = None,
+) -> Tensor:
+    """InfoNCE-style loss from cosine similarities, mean over anchors.
+
+    Args:
+        pos: (B,) similarity of each anchor with its positive.
+        neg: (B, M) similarities with candidate negatives.
+        temperature: t > 0.
+        estimator: ``"infonce"``, ``"dcl"`` or ``"hcl"``.
+        tau_plus: class prior of false negatives, in [0, 1) (DCL/HCL).
+        beta: hardness concentration, >= 0 (HCL).
+        neg_mask: (B, M) bool, True where ``neg`` holds a real negative; N of a row is its count.
+            None means every entry is a negative.
+
+    Returns:
+        Scalar fp32 loss, the mean over the B anchors.
+
+    Example:
+        >>> pos = torch.tensor([1.0]); neg = torch.tensor([[1.0]])
+        >>> round(info_nce(pos, neg, 1.0).item(), 6)  # log 2
+        0.693147
+    """
+    return info_nce_per_anchor(
+        pos, neg, temperature, estimator=estimator, tau_plus=tau_plus, beta=beta, neg_mask=neg_mask
+    ).mean()
+
+
+def info_nce_per_anchor(
+    pos: Tensor,
+    neg: Tensor,
+    temperature: float,
+    *,
+    estimator: str = "infonce",
+    tau_plus: float = 0.0,
+    beta: float = 0.0,
+    neg_mask: Tensor | None = None,
+) -> Tensor:
+    """As :func:`info_nce`, without the mean: (B,) losses."""
+    check_estimator(estimator, temperature, tau_plus, beta)
+    if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0]:
+        raise ValueError(f"expected pos (B,) and neg (B, M), got {tuple(pos.shape)} and {tuple(neg.shape)}")
+    if neg_mask is not None and neg_mask.shape != neg.shape:
+        raise ValueError(f"neg_mask {tuple(neg_mask.shape)} must match neg {tuple(neg.shape)}")
+    with torch.autocast(device_type=pos.device.type, enabled=False):
+        pos_logit = at_least_fp32(pos) / temperature  # (B,)
+        neg_logit = at_least_fp32(neg) / temperature  # (B, M)
+        if neg_mask is not None:
+            neg_logit = neg_logit.masked_fill(~neg_mask, float("-inf"))
+        if estimator == "infonce":
+            log_ng = torch.logsumexp(neg_logit, dim=1)  # (B,)
+        else:
+            if neg_mask is not None:
+                n = neg_mask.sum(1).to(pos_logit.dtype)  # (B,)
+            else:
+                n = torch.full_like(pos_logit, neg.shape[1])
+            log_n = torch.log(n)  # (B,)
+            if estimator == "dcl" or beta == 0:
+                log_sum = torch.logsumexp(neg_logit, dim=1)  # log sum_j neg_ij
+            else:
+                # log( sum_j imp_ij neg_ij / mean_j imp_ij ), imp_ij = e^{beta s_ij / t}
+                log_sum = torch.logsumexp((1.0 + beta) * neg_logit, dim=1) - (
+                    torch.logsumexp(beta * neg_logit, dim=1) - log_n
+                )
+            log_ng = _debias(log_sum, pos_logit, log_n, temperature, tau_plus)
+        # -log(e^p / (e^p + Ng)) = logaddexp(p, log Ng) - p
+        return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
+
+
+def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: float, tau_plus: float) -> Tensor:
+    """log max((S - tau_plus*N*e^p) / (1 - tau_plus), N*e^{-1/t}), all inputs in log space."""
+    log_floor = log_n - 1.0 / temperature  # (B,)
+    if tau_plus == 0:
+        return torch.maximum(log_sum, log_floor)
+    log_fn = math.log(tau_plus) + log_n + pos_logit  # log of the false-negative mass, (B,)
+    diff = log_fn - log_sum  # < 0 when the subtraction stays positive
+    valid = diff < 0
+    safe = torch.where(valid, diff, torch.full_like(diff, -1.0))  # keeps the unused branch's gradient finite
+    log_debiased = log_sum + torch.log1p(-torch.exp(safe)) - math.log1p(-tau_plus)
+    log_debiased = torch.where(valid, log_debiased, torch.full_like(log_debiased, float("-inf")))
+    return torch.maximum(log_debiased, log_floor)
+
+
+
+def at_least_fp32(x: Tensor) -> Tensor:
+    """fp16/bf16 -> fp32; fp32 and fp64 unchanged (fp64 keeps gradient checks exact)."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()

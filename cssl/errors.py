@@ -1,0 +1,30 @@
+"""User-facing errors: bad configuration or input, reported as one line before any work starts."""
+
+
+class ConfigError(ValueError):
+    """A bad configuration value, a missing dataset or an unusable checkpoint.
+
+    The entry points print the message on one line and exit with status 2, without a traceback, so the
+    message must name the offending key or path and say how to fix it.
+    """
+
+
+def check(condition: bool, message: str) -> None:
+    """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
+    if not condition:
+        raise ConfigError(message)
+
+
+def check_positive(name: str, value: float) -> None:
+    check(_is_number(value) and value > 0, f"{name} must be > 0, got {value!r}")
+
+
+def check_unit_interval(name: str, value: float, *, closed_right: bool = False) -> None:
+    """Check 0 <= value < 1 (or <= 1 with ``closed_right``)."""
+    ok = _is_number(value) and 0 <= value and (value <= 1 if closed_right else value < 1)
+    bracket = "]" if closed_right else ")"
+    check(ok, f"{name} must be in [0, 1{bracket}, got {value!r}")
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)

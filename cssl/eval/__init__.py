@@ -1,0 +1,5 @@
+"""Evaluation of representations: weighted kNN and linear probing."""
+
+from cssl.eval.knn import knn_predict
+
+__all__ = ["knn_predict"]

@@ -1,0 +1,101 @@
+"""Linear (or kNN) evaluation of a pretraining checkpoint; shares data, trainer and loading with
+pretraining through :mod:`cssl.app`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from cssl import app
+from cssl.backbones import build_backbone
+from cssl.checkpoint import find_checkpoint, read_checkpoint
+from cssl.data import EvalTransform, ViewAugment
+from cssl.data.datamodules import ImageDataModule
+from cssl.errors import ConfigError, check
+from cssl.eval.knn import knn_predict
+from cssl.eval.linear import LinearProbe
+from cssl.optim import OptimSettings
+
+
+def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
+    """The pretrained backbone of a checkpoint (or run dir), weights-only loading."""
+    path = find_checkpoint(path)
+    ckpt = read_checkpoint(path)
+    meta = ckpt["cssl"]
+    backbone = build_backbone(str(meta["backbone"]), cifar_stem=bool(meta["cifar_stem"]))
+    weights = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    missing, unexpected = backbone.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        raise ConfigError(f"checkpoint {path}: backbone weights do not match {meta['backbone']} ({len(missing)} missing)")
+    return backbone, meta, path
+
+
+def linear_eval(cfg: DictConfig) -> dict[str, Any]:
+    """Train a linear classifier on frozen features (``mode=linear``) or run kNN (``mode=knn``)."""
+    start = time.time()
+    check(cfg.mode in ("linear", "knn"), f"mode must be linear or knn, got {cfg.mode!r}")
+    check(cfg.ckpt is not None, "ckpt=PATH is required: a pretraining checkpoint or run dir")
+    backbone, meta, ckpt_path = load_backbone(Path(str(cfg.ckpt)))
+    app.check_int("seed", cfg.seed, 0)
+    run_dir = app.output_dir(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data.check()
+    data.eval_transform = EvalTransform(data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    data.train_transform = ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
+    if cfg.mode == "knn":
+        results = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
+        epochs = 0
+    else:
+        optim = OptimSettings(**app.plain(cfg.optimizer))
+        model = LinearProbe(backbone, num_classes=data.num_classes, batch_size=data.batch_size, optim=optim, feature_norm=bool(cfg.feature_norm))
+        trainer = app.build_trainer(cfg, run_dir, callbacks=[], logger_config=app.plain(cfg))
+        app.save_config(run_dir, cfg)
+        trainer.fit(model, datamodule=data)
+        if trainer.callback_metrics.get("val/top1") is None or trainer.current_epoch % trainer.check_val_every_n_epoch:
+            trainer.validate(model, datamodule=data, verbose=False)
+        results = {"top1": app.metric(trainer, "val/top1"), "top5": app.metric(trainer, "val/top5")}
+        epochs = int(trainer.current_epoch)
+    summary = {
+        "mode": str(cfg.mode),
+        **results,
+        "epochs": epochs,
+        "checkpoint": str(ckpt_path),
+        "method": meta.get("method"),
+        "backbone": meta.get("backbone"),
+        "data": str(cfg.data.name),
+        "wall_seconds": round(time.time() - start, 2),
+    }
+    app.write_summary(run_dir, summary)
+    return summary
+
+
+@torch.no_grad()
+def knn_eval(backbone: torch.nn.Module, data: ImageDataModule, *, k: int, temperature: float) -> dict[str, float]:
+    """Weighted kNN top-1/top-5 of the held-out split against the labelled train split."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    backbone = backbone.to(device).eval()
+
+    def features(loader: Any) -> tuple[torch.Tensor, torch.Tensor]:
+        feats, labels = [], []
+        for x, y in loader:
+            feats.append(backbone(data.eval_transform(x.to(device))).float())
+            labels.append(y.to(device))
+        return torch.cat(feats), torch.cat(labels)
+
+    bank_loader, val_loader = data.val_dataloader()
+    bank, bank_y = features(bank_loader)
+    query, query_y = features(val_loader)
+    keep = bank_y >= 0
+    scores = knn_predict(query, bank[keep], bank_y[keep], data.num_classes, k=k, temperature=temperature)
+    top5 = scores.topk(min(5, data.num_classes), dim=1).indices
+    return {
+        "top1": float((top5[:, 0] == query_y).float().mean()),
+        "top5": float((top5 == query_y[:, None]).any(1).float().mean()),
+    }

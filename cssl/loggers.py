@@ -1,0 +1,133 @@
+"""Loggers: W&B (offline automatically without an API key or a network; failures never stop training),
+CSV, or none."""
+
+from __future__ import annotations
+
+import netrc
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
+from pytorch_lightning.utilities import rank_zero_warn
+
+from cssl.errors import ConfigError
+
+LOGGERS = ("wandb", "csv", "none")
+
+
+def wandb_mode(requested: str = "auto") -> str:
+    """``online`` or ``offline``: an explicit WANDB_MODE or ``requested`` wins; ``auto`` goes online only
+    with an API key and a reachable server."""
+    if requested not in ("auto", "online", "offline", "disabled"):
+        raise ConfigError(f"logger.mode must be auto, online, offline or disabled, got {requested!r}")
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled", "dryrun"):
+        return "offline" if env == "dryrun" else env
+    if requested != "auto":
+        return requested
+    if not _has_api_key():
+        return "offline"
+    return "online" if _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")) else "offline"
+
+
+def _has_api_key() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    try:
+        return netrc.netrc().authenticators("api.wandb.ai") is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def _reachable(url: str, timeout: float = 3.0) -> bool:
+    host = url.split("://", 1)[-1].split("/", 1)[0]
+    name, _, port = host.partition(":")
+    try:
+        with socket.create_connection((name, int(port or 443)), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+class SafeWandbLogger(WandbLogger):
+    """A WandbLogger whose failures (no network, quota, server errors) become one warning, after which
+    logging to W&B stops and training goes on."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._broken = False
+
+    def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._broken:
+            return None
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - logging must never kill training
+            self._broken = True
+            rank_zero_warn(f"W&B logging failed and is now off for this run ({type(err).__name__}: {err})")
+            return None
+
+    @property
+    def experiment(self) -> Any:
+        from lightning_fabric.loggers.logger import _DummyExperiment
+
+        if self._broken:
+            return _DummyExperiment()
+        result = self._guard(lambda: WandbLogger.experiment.fget(self))
+        return _DummyExperiment() if result is None else result
+
+    def log_metrics(self, metrics: Any, step: Any = None) -> None:
+        self._guard(super().log_metrics, metrics, step)
+
+    def log_hyperparams(self, params: Any) -> None:
+        self._guard(super().log_hyperparams, params)
+
+    def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
+        self._guard(super().after_save_checkpoint, checkpoint_callback)
+
+    def finalize(self, status: str) -> None:
+        self._guard(super().finalize, status)
+
+
+def build_logger(
+    name: str,
+    run_dir: Path,
+    *,
+    project: str = "cssl",
+    entity: str | None = None,
+    group: str | None = None,
+    tags: list[str] | None = None,
+    run_name: str | None = None,
+    mode: str = "auto",
+    config: dict[str, Any] | None = None,
+) -> Logger | None:
+    """The logger called ``name`` (``wandb``, ``csv`` or ``none``), writing under ``run_dir``."""
+    if name == "none":
+        return None
+    if name == "csv":
+        return CSVLogger(save_dir=str(run_dir), name="csv", version="")
+    if name != "wandb":
+        raise ConfigError(f"unknown logger {name!r}: choose logger= one of {', '.join(LOGGERS)}")
+    resolved = wandb_mode(mode)
+    if resolved == "disabled":
+        return None
+    os.environ.setdefault("WANDB_SILENT", "true")
+    return SafeWandbLogger(
+        project=project,
+        entity=entity,
+        group=group,
+        tags=list(tags or []),
+        name=run_name or run_dir.name,
+        save_dir=str(run_dir),
+        offline=resolved == "offline",
+        config=config,
+        settings=_wandb_settings(),
+    )
+
+
+def _wandb_settings() -> Any:
+    import wandb
+
+    return wandb.Settings(init_timeout=60, console="off")

@@ -1,0 +1,28 @@
+"""Methods registered by name. A method is wiring of parts: a pool of negatives, an estimator and,
+where needed, a momentum encoder or a logits transform. DCL and HCL are estimator choices of the
+in-batch method, so they share its class; their configs set the estimator."""
+
+from __future__ import annotations
+
+from cssl.errors import ConfigError
+from cssl.methods.base import ContrastiveMethod
+from cssl.methods.simclr import SimCLR
+
+METHODS: dict[str, type[ContrastiveMethod]] = {
+    "simclr": SimCLR,
+    "dcl": SimCLR,
+    "hcl": SimCLR,
+}
+
+
+def list_methods() -> list[str]:
+    return sorted(METHODS)
+
+
+def method_class(name: str) -> type[ContrastiveMethod]:
+    if name not in METHODS:
+        raise ConfigError(f"unknown method {name!r}: choose method= one of {', '.join(list_methods())}")
+    return METHODS[name]
+
+
+__all__ = ["METHODS", "ContrastiveMethod", "list_methods", "method_class"]

@@ -1,0 +1,140 @@
+"""The one small base class of every method: encoder, projector, online probe and kNN, optimiser,
+schedule and logging. It knows nothing about datasets: batches arrive as (views, labels), views already
+augmented on the device by the data module.
+
+A method subclasses :class:`ContrastiveMethod` and implements :meth:`contrastive_step`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torchmetrics.classification import MulticlassAccuracy
+
+from cssl.errors import check, check_positive
+from cssl.eval.knn import knn_predict
+from cssl.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
+
+
+class ContrastiveMethod(pl.LightningModule):
+    """Base of all methods.
+
+    Args:
+        backbone: image encoder with ``num_features``.
+        num_classes: classes of the labelled data (online probe and kNN).
+        batch_size: images per step on one device (for learning-rate scaling).
+        optim: optimiser and schedule.
+        probe_lr: learning rate of the online linear probe (trained on detached features, no weight decay).
+        knn_k, knn_t: neighbours and temperature of the online kNN classifier.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        num_classes: int,
+        batch_size: int,
+        optim: OptimSettings,
+        probe_lr: float = 0.1,
+        knn_k: int = 20,
+        knn_t: float = 0.07,
+    ) -> None:
+        super().__init__()
+        check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
+        check(isinstance(knn_k, int) and knn_k >= 1, f"method.knn_k must be an integer >= 1, got {knn_k!r}")
+        check_positive("method.knn_t", knn_t)
+        check_positive("method.probe_lr", probe_lr)
+        self.backbone = backbone
+        self.num_features: int = backbone.num_features
+        self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
+        self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
+        self.probe = nn.Linear(self.num_features, num_classes)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        self._val_feats: dict[int, list[Tensor]] = {0: [], 1: []}
+        self._val_labels: dict[int, list[Tensor]] = {0: [], 1: []}
+        self.last_validated_step = -1
+        self.meta: dict[str, Any] = {}  # plain data saved as checkpoint["cssl"] (how to rebuild the backbone)
+
+    # -- what a method implements -------------------------------------------------------------------
+    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        """Loss of one step.
+
+        Returns:
+            loss (scalar), backbone features of the first view (B, F) for the online probe, and extra
+            metrics to log (name -> scalar tensor).
+        """
+        raise NotImplementedError
+
+    def after_optimizer_step(self) -> None:
+        """Work that follows the network update (e.g. enqueueing keys); default: nothing."""
+
+    def ssl_modules(self) -> list[nn.Module]:
+        """Modules trained by the main optimiser (not the probe)."""
+        return [m for name, m in self.named_children() if name not in ("probe", "train_acc", "val_acc")]
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cssl"] = self.meta
+
+    # -- training -------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
+
+    def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
+        views, y = batch
+        loss, feats, extra = self.contrastive_step(views)
+        logits = self.probe(feats.detach())
+        probe_loss = F.cross_entropy(logits, y, ignore_index=-1) if (y >= 0).any() else logits.sum() * 0
+        self.train_acc(logits, y)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/probe_loss", probe_loss)
+        self.log("train/online_top1", self.train_acc, on_step=False, on_epoch=True)
+        for name, value in extra.items():
+            self.log(name, value)
+        return loss + probe_loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        self.after_optimizer_step()
+
+    # -- validation: online probe on the held-out split, kNN against the labelled train split ----------
+    def on_validation_epoch_start(self) -> None:
+        for store in (self._val_feats, self._val_labels):
+            store[0].clear(), store[1].clear()
+
+    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch
+        feats = self.backbone(x)
+        if dataloader_idx == 1:
+            self.val_acc(self.probe(feats), y)
+            self.log("val/online_top1", self.val_acc, on_epoch=True, add_dataloader_idx=False)
+        self._val_feats[dataloader_idx].append(F.normalize(feats.float(), dim=1))
+        self._val_labels[dataloader_idx].append(y)
+
+    def on_validation_epoch_end(self) -> None:
+        self.last_validated_step = self.global_step
+        if not self._val_feats[0] or not self._val_feats[1]:
+            return
+        bank, bank_y, query, query_y = (
+            self._gather_rows(torch.cat(store[i])) for i in (0, 1) for store in (self._val_feats, self._val_labels)
+        )
+        keep = bank_y >= 0
+        scores = knn_predict(query, bank[keep], bank_y[keep], self.num_classes, k=self.knn_k, temperature=self.knn_t)
+        top1 = (scores.argmax(1) == query_y).float().mean()
+        self.log("val/knn_top1", top1, add_dataloader_idx=False)
+
+    def _gather_rows(self, x: Tensor) -> Tensor:
+        if self.trainer.world_size == 1:
+            return x
+        return self.all_gather(x).flatten(0, 1)  # (P*N, ...)
+
+    # -- optimiser and schedule -------------------------------------------------------------------------
+    def configure_optimizers(self) -> dict[str, Any]:
+        lr = self.optim.peak_lr(global_batch(self.trainer, self.batch_size))
+        groups = param_groups(self.ssl_modules(), self.optim.weight_decay, self.optim.exclude_bias_norm)
+        groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr": self.probe_lr})
+        return configure_schedule(self.trainer, build_optimizer(groups, self.optim, lr), self.optim)

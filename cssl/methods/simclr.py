@@ -1,0 +1,53 @@
+"""SimCLR (Chen et al. 2020): in-batch pool + an estimator. With ``estimator="dcl"`` it is DCL
+(Chuang et al. 2020); with ``"hcl"``, HCL (Robinson et al. 2021)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from cssl.contrastive import check_estimator, nt_xent
+from cssl.heads import mlp
+from cssl.methods.base import ContrastiveMethod
+
+
+class SimCLR(ContrastiveMethod):
+    """In-batch negatives gathered across ranks with gradient.
+
+    Args:
+        temperature: t of the loss.
+        estimator: ``infonce`` (SimCLR), ``dcl`` or ``hcl``.
+        tau_plus, beta: estimator parameters (see :func:`cssl.contrastive.info_nce`).
+        proj_hidden_dim, proj_output_dim, proj_layers: projector MLP.
+        **kwargs: :class:`ContrastiveMethod` arguments.
+    """
+
+    def __init__(
+        self,
+        backbone: Any,
+        *,
+        temperature: float = 0.5,
+        estimator: str = "infonce",
+        tau_plus: float = 0.0,
+        beta: float = 0.0,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_layers: int = 2,
+        **kwargs: Any,
+    ) -> None:
+        check_estimator(estimator, temperature, tau_plus, beta)
+        super().__init__(backbone, **kwargs)
+        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        self.projector = mlp(self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers)
+
+    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        b = views[0].shape[0]
+        feats = self.backbone(torch.cat(views[:2]))  # (2B, F): one pass, BN statistics over both views
+        z = self.projector(feats)  # (2B, D)
+        loss = nt_xent(
+            z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=self.beta
+        )
+        return loss, feats[:b], {}
+

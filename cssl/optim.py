@@ -1,0 +1,122 @@
+"""Optimisers (SGD, LARS, AdamW) with BN and bias excluded from weight decay, and warm-up + cosine."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn as nn
+
+from cssl.errors import ConfigError, check, check_positive
+
+if TYPE_CHECKING:
+    import pytorch_lightning as pl
+
+OPTIMIZERS = ("sgd", "lars", "adamw", "adam")
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """Optimiser and schedule of a run.
+
+    Attributes:
+        name: ``sgd``, ``lars``, ``adamw`` or ``adam``.
+        lr: base learning rate; with ``scale_lr`` the rate used is lr * global_batch / 256.
+        weight_decay: applied to weights only when ``exclude_bias_norm`` (BN/LN parameters and biases get 0;
+            LARS also skips its trust ratio for them).
+        momentum: SGD/LARS momentum.
+        betas: Adam betas.
+        warmup_epochs: linear warm-up length (fractional epochs allowed), then cosine to ``min_lr_ratio * lr``.
+        scale_lr: scale the rate linearly with the global batch size.
+        exclude_bias_norm: see ``weight_decay``.
+        min_lr_ratio: final rate as a fraction of the peak rate.
+    """
+
+    name: str = "sgd"
+    lr: float = 0.1
+    weight_decay: float = 1e-4
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_epochs: float = 0.0
+    scale_lr: bool = True
+    exclude_bias_norm: bool = True
+    min_lr_ratio: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.name not in OPTIMIZERS:
+            raise ConfigError(f"optimizer.name must be one of {', '.join(OPTIMIZERS)}, got {self.name!r}")
+        check_positive("optimizer.lr", self.lr)
+        check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
+        check(self.warmup_epochs >= 0, f"optimizer.warmup_epochs must be >= 0, got {self.warmup_epochs}")
+        check(0 <= self.min_lr_ratio <= 1, f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+
+    def peak_lr(self, global_batch: int) -> float:
+        return self.lr * global_batch / 256 if self.scale_lr else self.lr
+
+
+def param_groups(modules: Iterable[nn.Module], weight_decay: float, exclude_bias_norm: bool) -> list[dict]:
+    """Split parameters into a decayed group and a no-decay group (biases and normalisation layers)."""
+    decay, no_decay = [], []
+    for module in modules:
+        for sub in module.modules():
+            is_norm = isinstance(sub, nn.modules.batchnorm._NormBase | nn.LayerNorm | nn.GroupNorm)
+            for name, p in sub.named_parameters(recurse=False):
+                if not p.requires_grad:
+                    continue
+                (no_decay if exclude_bias_norm and (is_norm or name == "bias" or p.ndim <= 1) else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}]
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+def build_optimizer(groups: list[dict], settings: OptimSettings, lr: float) -> torch.optim.Optimizer:
+    """The optimiser over ``groups``; a group may carry its own ``lr``."""
+    if settings.name == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=settings.momentum)
+    if settings.name == "lars":
+        from timm.optim import Lars
+
+        # timm's LARS adapts only groups with weight decay, so the no-decay group is plain SGD.
+        return Lars(groups, lr=lr, momentum=settings.momentum)
+    cls = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
+    return cls(groups, lr=lr, betas=tuple(settings.betas))
+
+
+def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: float = 0.0) -> float:
+    """Multiplier of the peak rate at ``step``: linear warm-up from ~0, then half-cosine to ``min_ratio``.
+
+    Example:
+        >>> warmup_cosine(0, 10, 100), warmup_cosine(10, 10, 100), warmup_cosine(100, 10, 100)
+        (0.1, 1.0, 0.0)
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def configure_schedule(
+    trainer: "pl.Trainer", optimizer: torch.optim.Optimizer, settings: OptimSettings
+) -> dict:
+    """Lightning's optimiser dict with a per-step warm-up + cosine schedule over the whole run."""
+    total = max(1, int(trainer.estimated_stepping_batches))
+    if trainer.max_steps in (-1, None) and trainer.max_epochs and trainer.max_epochs > 0:
+        per_epoch = total / trainer.max_epochs
+    else:
+        datamodule = getattr(trainer, "datamodule", None)
+        batches = len(datamodule.train_dataloader()) / trainer.world_size if datamodule is not None else total
+        per_epoch = max(1.0, math.floor(batches) / trainer.accumulate_grad_batches)
+    warmup = settings.warmup_epochs * per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: warmup_cosine(step, warmup, total, settings.min_lr_ratio)
+    )
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def global_batch(trainer: "pl.Trainer", batch_size: int) -> int:
+    """Images per optimiser step over all ranks and accumulated batches."""
+    return batch_size * trainer.world_size * trainer.accumulate_grad_batches

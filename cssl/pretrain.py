@@ -1,0 +1,122 @@
+"""Self-supervised pretraining: Hydra config -> objects -> Lightning fit -> run dir with summary.json."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from omegaconf import DictConfig
+
+from cssl import app
+from cssl.backbones import build_backbone
+from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
+from cssl.data import MultiView, ViewAugment
+from cssl.data.augment import EvalTransform
+from cssl.errors import ConfigError, check
+from cssl.methods import method_class
+from cssl.methods.base import ContrastiveMethod
+from cssl.optim import OptimSettings
+
+
+def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2) -> MultiView:
+    augment = app.plain(cfg.data.augment)
+    return MultiView([ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(num_views)])
+
+
+def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:
+    """The method of ``cfg.method`` over the backbone of ``cfg.backbone``."""
+    options = app.plain(cfg.method)
+    name = str(options.pop("name"))
+    cls = method_class(name)
+    backbone = build_backbone(str(cfg.backbone), cifar_stem=cifar_stem, zero_init_residual=bool(cfg.zero_init_residual))
+    try:
+        optim = OptimSettings(**app.plain(cfg.optimizer))
+        model = cls(backbone, num_classes=num_classes, batch_size=batch_size, optim=optim, **options)
+    except TypeError as err:
+        raise ConfigError(f"method {name}: {err}") from None
+    model.meta = {
+        "format": 1,
+        "method": name,
+        "backbone": str(cfg.backbone),
+        "cifar_stem": cifar_stem,
+        "num_features": model.num_features,
+        "image_size": int(cfg.data.image_size),
+        "data": str(cfg.data.name),
+        "config": app.plain(cfg),
+    }
+    return model
+
+
+def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
+    """The checkpoint to resume from: None, a path, or ``auto`` (newest checkpoint of ``run_dir``)."""
+    if resume in (None, "", "null"):
+        return None
+    if resume == "auto":
+        folder = run_dir / "checkpoints"
+        if not folder.is_dir() or not any(folder.glob("*.ckpt")):
+            return None  # nothing to resume yet: start fresh (so resume=auto is safe in job scripts)
+        path = find_checkpoint(run_dir)
+    else:
+        path = find_checkpoint(Path(str(resume)))
+    ckpt = read_checkpoint(path)
+    saved = ckpt["cssl"].get("method")
+    check(saved == method, f"resume: {path} is a {saved} checkpoint, but method={method}; pass method={saved}")
+    return str(path)
+
+
+def pretrain(cfg: DictConfig) -> dict[str, Any]:
+    """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
+    start = time.time()
+    app.check_int("seed", cfg.seed, 0)
+    run_dir = app.output_dir(cfg)
+    pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
+
+    data = app.build_data(cfg, train_split="pretrain", train_transform=None)
+    data.check()  # a missing dataset fails here, before any model is built
+    data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
+    data.eval_transform = EvalTransform(data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
+    model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
+    resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
+
+    every = cfg.checkpoint.every_n_epochs
+    app.check_int("checkpoint.every_n_epochs", every, 1)
+    checkpoints = pl.callbacks.ModelCheckpoint(
+        dirpath=str(run_dir / "checkpoints"),
+        filename="epoch{epoch:04d}",
+        auto_insert_metric_name=False,
+        every_n_epochs=every,
+        save_top_k=-1,
+        save_last=True,
+        save_on_train_epoch_end=True,
+    )
+    throughput = app.Throughput(data.batch_size)
+    trainer = app.build_trainer(cfg, run_dir, callbacks=[checkpoints, RNGState(), throughput], logger_config=app.plain(cfg))
+    app.save_config(run_dir, cfg)
+    trainer.fit(model, datamodule=data, ckpt_path=resume)
+    train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
+    if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights
+        trainer.validate(model, datamodule=data, verbose=False)
+
+    summary = {
+        "method": model.meta["method"],
+        "estimator": getattr(model, "estimator", None),
+        "data": str(cfg.data.name),
+        "backbone": str(cfg.backbone),
+        "global_step": int(trainer.global_step),
+        "epochs": int(trainer.current_epoch),
+        "train_loss": train_metrics["train/loss"],
+        "online_top1": app.metric(trainer, "val/online_top1"),
+        "knn_top1": app.metric(trainer, "val/knn_top1"),
+        "train_online_top1": train_metrics["train/online_top1"],
+        "images_per_second": round(throughput.images_per_second, 2),
+        "wall_seconds": round(time.time() - start, 2),
+        "seed": int(cfg.seed),
+        "run_dir": str(run_dir),
+        "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+    }
+    app.write_summary(run_dir, summary)
+    return summary
+

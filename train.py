@@ -1,0 +1,23 @@
+"""Pretrain a representation: `python train.py [key=value ...]` (see configs/train.yaml)."""
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from cssl import app
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+@hydra.main(config_path="configs", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from cssl.pretrain import pretrain
+
+    app.guard(lambda: pretrain(cfg))
+
+
+if __name__ == "__main__":
+    app.check_group_overrides(sys.argv[1:], CONFIGS)
+    main()
