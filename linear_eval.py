@@ -7,7 +7,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cssl import app
+from cssl import cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -16,9 +16,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def main(cfg: DictConfig) -> None:
     from cssl.linear import linear_eval
 
-    app.guard(lambda: linear_eval(cfg))
+    cli.guard(lambda: linear_eval(cfg))
 
 
 if __name__ == "__main__":
-    app.check_group_overrides(sys.argv[1:], CONFIGS)
+    cli.check_group_overrides(sys.argv[1:], CONFIGS)
     main()

@@ -6,7 +6,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cssl import app
+from cssl import cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
@@ -15,9 +15,9 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 def main(cfg: DictConfig) -> None:
     from cssl.pretrain import pretrain
 
-    app.guard(lambda: pretrain(cfg))
+    cli.guard(lambda: pretrain(cfg))
 
 
 if __name__ == "__main__":
-    app.check_group_overrides(sys.argv[1:], CONFIGS)
+    cli.check_group_overrides(sys.argv[1:], CONFIGS)
     main()

@@ -6,9 +6,7 @@ The Hydra config stops here: these helpers turn it into typed objects for the re
 from __future__ import annotations
 
 import json
-import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,29 +19,6 @@ from cssl.checkpoint import AtomicCheckpointIO
 from cssl.data import ImageDataModule, build_datamodule
 from cssl.errors import ConfigError, check
 from cssl.loggers import build_logger
-
-CONFIG_GROUPS = ("method", "data", "trainer", "logger", "experiment")
-
-
-def guard(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a :class:`ConfigError` becomes one line on stderr and exit status 2."""
-    try:
-        return fn()
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
-
-
-def check_group_overrides(argv: list[str], config_dir: Path) -> None:
-    """Fail in one line on ``group=value`` overrides that name no config file (before Hydra composes)."""
-    for arg in argv:
-        key, sep, value = arg.lstrip("+~").partition("=")
-        if not sep or key not in CONFIG_GROUPS or not value or "," in value or value == "null":
-            continue
-        if not (config_dir / key / f"{value}.yaml").is_file():
-            options = sorted(p.stem for p in (config_dir / key).glob("*.yaml") if not p.stem.startswith("_"))
-            print(f"error: unknown {key} {value!r}: choose {key}= one of {', '.join(options)}", file=sys.stderr)
-            sys.exit(2)
 
 
 def output_dir(cfg: DictConfig) -> Path:

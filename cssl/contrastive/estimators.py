@@ -128,6 +128,21 @@ def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: floa
 
 
 
+def annealed_beta(beta: float, progress: float, steps: int = 9) -> float:
+    """HCL's optional schedule: beta lowered to 0 in ``steps`` equal steps over training.
+
+    Args:
+        beta: starting value.
+        progress: fraction of training done, in [0, 1].
+
+    Example:
+        >>> [round(annealed_beta(0.9, p), 2) for p in (0.0, 0.5, 0.99, 1.0)]
+        [0.9, 0.4, 0.0, 0.0]
+    """
+    level = min(steps, int(progress * (steps + 1)))
+    return beta * (1 - level / steps)
+
+
 def at_least_fp32(x: Tensor) -> Tensor:
     """fp16/bf16 -> fp32; fp32 and fp64 unchanged (fp64 keeps gradient checks exact)."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
