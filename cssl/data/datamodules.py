@@ -1,0 +1,507 @@
+"""LightningDataModules registered by name. Loaders decode and collate uint8 images only; views are
+produced on the device by the transforms handed in (see :mod:`cssl.data.augment`).
+
+Every module exposes three labelled/unlabelled sets:
+
+- ``pretrain``: what self-supervised training sees (STL-10: train + unlabeled, label -1 when unknown);
+- ``labelled``: the labelled training split (kNN bank, linear probe training);
+- ``val``: the held-out labelled split (reported accuracy).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
+
+from cssl.backbones import auto_cifar_stem
+from cssl.errors import ConfigError, check
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ArrayDataset(Dataset):
+    """uint8 images (N, C, H, W) and int64 labels (N,) held in memory."""
+
+    def __init__(self, images: Tensor, labels: Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, i: int) -> tuple[Tensor, Tensor]:
+        return self.images[i], self.labels[i]
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Base: loaders, on-device transforms and validation of the options.
+
+    Args:
+        root: dataset folder.
+        batch_size: images per step on one device (>= 2).
+        num_workers: loader processes.
+        download: fetch the dataset if missing (needs a network).
+        image_size: side of the views and of evaluation images.
+        train_transform: on-device module, uint8 batch -> list of views (pretraining) or one tensor.
+        eval_transform: on-device module, uint8 batch -> normalised tensor.
+        train_split: ``"pretrain"`` or ``"labelled"`` (linear evaluation) for the training loader.
+        bank_limit: cap on the number of labelled images used as the kNN bank during validation.
+        verify_checksums: check the published MD5 sums of downloaded archives' files.
+        pin_memory: pin host memory for faster copies to an accelerator.
+    """
+
+    name = "base"
+    num_classes = 0
+    native_size = 0
+    mean = IMAGENET_MEAN
+    std = IMAGENET_STD
+    center_crop_eval = False
+
+    def __init__(
+        self,
+        *,
+        root: str = "data",
+        batch_size: int = 256,
+        num_workers: int = 0,
+        download: bool = False,
+        image_size: int | None = None,
+        train_transform: Callable[[Tensor], Any] | None = None,
+        eval_transform: Callable[[Tensor], Tensor] | None = None,
+        train_split: str = "pretrain",
+        bank_limit: int | None = None,
+        verify_checksums: bool = True,
+        pin_memory: bool = False,
+        eval_batch_size: int | None = None,
+    ) -> None:
+        super().__init__()
+        check(
+            isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 2,
+            f"data.batch_size must be an integer >= 2, got {batch_size!r}",
+        )
+        check(
+            isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0,
+            f"data.num_workers must be an integer >= 0, got {num_workers!r}",
+        )
+        check(
+            eval_batch_size is None
+            or (isinstance(eval_batch_size, int) and not isinstance(eval_batch_size, bool) and eval_batch_size >= 1),
+            f"data.eval_batch_size must be null or an integer >= 1, got {eval_batch_size!r}",
+        )
+        check(
+            image_size is None
+            or (isinstance(image_size, int) and not isinstance(image_size, bool) and image_size >= 8),
+            f"data.image_size must be null or an integer >= 8, got {image_size!r}",
+        )
+        check(train_split in ("pretrain", "labelled"), f"train_split must be pretrain or labelled, got {train_split!r}")
+        check(
+            bank_limit is None or (isinstance(bank_limit, int) and bank_limit > 0),
+            f"data.bank_limit must be null or > 0, got {bank_limit!r}",
+        )
+        self.root = Path(os.path.expanduser(str(root)))
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size or batch_size
+        self.num_workers = num_workers
+        self.download = download
+        self.image_size = image_size or self.native_size
+        self.train_transform = train_transform
+        self.eval_transform = eval_transform
+        self.train_split = train_split
+        self.bank_limit = bank_limit
+        self.verify_checksums = verify_checksums
+        self.pin_memory = pin_memory
+        self.sets: dict[str, Dataset] = {}
+
+    # -- what subclasses provide -------------------------------------------------------------------
+    def load(self) -> dict[str, Dataset]:
+        """Return {"pretrain", "labelled", "val"} datasets of (uint8 (C, H, W), int label)."""
+        raise NotImplementedError
+
+    @property
+    def default_cifar_stem(self) -> bool:
+        """Whether a ResNet should use the CIFAR stem for this data when the user does not say."""
+        return auto_cifar_stem(self.image_size)
+
+    # -- Lightning hooks ----------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        if self.download:
+            self.fetch()
+
+    def fetch(self) -> None:
+        """Download the dataset (subclasses that can download override this)."""
+
+    def setup(self, stage: str | None = None) -> None:
+        if not self.sets:
+            self.sets = self.load()
+
+    def check(self) -> None:
+        """Load the data now, turning a missing dataset or a batch larger than it into a one-line
+        :class:`ConfigError`."""
+        if self.download:
+            self.fetch()
+        self.setup()
+        self._check_batch_size()
+
+    def _check_batch_size(self) -> None:
+        trainer = getattr(self, "trainer", None)
+        world = int(getattr(trainer, "world_size", 1) or 1)
+        n = len(self.sets[self.train_split])
+        per_rank = "" if world == 1 else f" ({world} processes need {self.batch_size * world})"
+        check(
+            n >= self.batch_size * world,
+            f"data.batch_size={self.batch_size} exceeds the {n} {self.train_split} images of {self.name}{per_rank}; "
+            "lower data.batch_size",
+        )
+
+    def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        self._check_batch_size()
+        return self._loader(self.sets[self.train_split], train=True)
+
+    def bank_dataset(self) -> Dataset:
+        bank = self.sets["labelled"]
+        if self.bank_limit is not None and self.bank_limit < len(bank):
+            g = torch.Generator().manual_seed(0)
+            bank = Subset(bank, torch.randperm(len(bank), generator=g)[: self.bank_limit].tolist())
+        return bank
+
+    def val_dataloader(self) -> list[DataLoader]:
+        """[labelled train images (kNN bank), held-out images]."""
+        return [self._loader(self.bank_dataset(), train=False), self._loader(self.sets["val"], train=False)]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        x, y = batch
+        trainer = getattr(self, "trainer", None)
+        training = trainer is not None and trainer.training
+        if training and self.train_transform is not None:
+            return self.train_transform(x), y
+        if self.eval_transform is not None:
+            return self.eval_transform(x), y
+        return batch
+
+
+class DigitsDataModule(ImageDataModule):
+    """scikit-learn's bundled 8x8 digits, upsampled to ``image_size`` (32), RGB; a fixed stratified
+    80/20 split (1437 / 360 images). Needs no download: the embedded default."""
+
+    name = "digits"
+    num_classes = 10
+    native_size = 32
+    mean = (0.5, 0.5, 0.5)
+    std = (0.5, 0.5, 0.5)
+
+    @property
+    def default_cifar_stem(self) -> bool:
+        # The images carry 8 px of information: the ImageNet stem's 4x downsampling loses nothing and
+        # is ~15x cheaper than the CIFAR stem at 32 px.
+        return False
+
+    def load(self) -> dict[str, Dataset]:
+        from sklearn.datasets import load_digits
+        from sklearn.model_selection import train_test_split
+
+        digits = load_digits()
+        images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
+        images = torch.nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear")
+        images = images.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
+        labels = torch.from_numpy(digits.target).long()
+        train_idx, val_idx = train_test_split(
+            np.arange(len(labels)), test_size=0.2, random_state=0, stratify=digits.target
+        )
+        train = ArrayDataset(images[train_idx], labels[train_idx])
+        return {"pretrain": train, "labelled": train, "val": ArrayDataset(images[val_idx], labels[val_idx])}
+
+
+def _checked_labels(labels: Tensor, module: ImageDataModule, *, unlabelled_ok: bool = False) -> Tensor:
+    """Labels in [0, num_classes) (or -1 where ``unlabelled_ok``); anything else means foreign files."""
+    low = -1 if unlabelled_ok else 0
+    if labels.numel() and (int(labels.min()) < low or int(labels.max()) >= module.num_classes):
+        raise ConfigError(
+            f"data.root: {module.name} labels under {module.root} range over [{int(labels.min())}, "
+            f"{int(labels.max())}], not [0, {module.num_classes}); replace the files with the official ones"
+        )
+    return labels
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text or type(err).__name__
+
+
+def _unverified(cls: type) -> type:
+    """A torchvision dataset class that only checks that its files exist (data.verify_checksums=false, or
+    files already verified once by :meth:`TorchvisionDataModule.locate`)."""
+
+    class Unverified(cls):  # type: ignore[misc, valid-type]
+        def _check_integrity(self) -> bool:
+            files = [f for f, _ in self.train_list + self.test_list]
+            return all(os.path.isfile(os.path.join(self.root, self.base_folder, f)) for f in files)
+
+        def _load_meta(self) -> None:
+            import pickle
+
+            path = os.path.join(self.root, self.base_folder, self.meta["filename"])
+            with open(path, "rb") as f:
+                self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
+            self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+
+    Unverified.__name__ = cls.__name__
+    return Unverified
+
+
+class TorchvisionDataModule(ImageDataModule):
+    """Base of the data sets read by torchvision's own classes from their official files.
+
+    The files are looked up once (:meth:`locate`) with messages that say what is missing and how to fix it;
+    with ``verify_checksums`` their published MD5 sums are checked once, then torchvision reads them
+    without hashing them again.
+    """
+
+    def _tv_class(self) -> type:
+        raise NotImplementedError
+
+    def _files(self) -> list[tuple[str, str]]:
+        """(file name, published MD5) of every file torchvision needs, relative to its folder."""
+        cls = self._tv_class()
+        files = [(f, md5) for f, md5 in cls.train_list + cls.test_list]
+        meta = getattr(cls, "meta", None)
+        if meta:
+            files.append((meta["filename"], meta["md5"]))
+        return files
+
+    @property
+    def folder(self) -> Path:
+        return self.root / self._tv_class().base_folder
+
+    def _missing(self) -> list[str]:
+        return [f for f, _ in self._files() if not (self.folder / f).is_file()]
+
+    def locate(self) -> None:
+        """Check that the files are present (and match their MD5 sums if ``verify_checksums``)."""
+        if getattr(self, "_located", False):
+            return
+        missing = self._missing()
+        if missing:
+            if not self.folder.is_dir():
+                what = f"{self.folder} does not exist"
+            elif len(missing) == len(self._files()):
+                what = f"{self.folder} holds none of its files"
+            else:
+                what = f"{self.folder} lacks {', '.join(missing)}"
+            raise ConfigError(
+                f"data.root: {self.name} not found: {what}; set data.root to the folder that contains "
+                f"{self.folder.name}/ (or data.download=true to fetch it)"
+            )
+        if self.verify_checksums:
+            from torchvision.datasets.utils import check_integrity
+
+            bad = [f for f, md5 in self._files() if not check_integrity(str(self.folder / f), md5)]
+            if bad:
+                raise ConfigError(
+                    f"data.verify_checksums: {', '.join(bad)} under {self.folder} do not match the published MD5 "
+                    f"sums of {self.name}; download the data again, or set data.verify_checksums=false to use "
+                    "these files as they are"
+                )
+        self._located = True
+
+    def _open(self, **kwargs: Any) -> Any:
+        """The torchvision data set of ``kwargs`` (split), from files already located."""
+        self.locate()
+        try:
+            return _unverified(self._tv_class())(str(self.root), download=False, **kwargs)
+        except Exception as err:  # a truncated or foreign file: pickle, numpy or torchvision errors
+            raise ConfigError(
+                f"data.root: could not read {self.name} from {self.folder} ({_one_line(err)}); "
+                "replace the files with the official ones"
+            ) from None
+
+    def fetch(self) -> None:
+        """Download and extract the official archive into ``root`` unless the files are already there."""
+        if not self._missing():
+            return
+        import tarfile
+
+        from torchvision.datasets import utils as tv_utils
+
+        cls = self._tv_class()
+        try:
+            tv_utils.download_and_extract_archive(cls.url, str(self.root), filename=cls.filename, md5=cls.tgz_md5)
+        except (OSError, RuntimeError, EOFError, tarfile.TarError) as err:  # URLError is an OSError
+            raise ConfigError(
+                f"data.download: could not download {self.name} from {cls.url} into {self.root} ({_one_line(err)}); "
+                f"check the network, or fetch and extract the archive by hand and set data.root to the folder "
+                f"that contains {cls.base_folder}/"
+            ) from None
+
+
+class CIFAR10DataModule(TorchvisionDataModule):
+    """CIFAR-10 from the official python pickle batches (``<root>/cifar-10-batches-py``)."""
+
+    name = "cifar10"
+    num_classes = 10
+    native_size = 32
+    mean = (0.4914, 0.4822, 0.4465)
+    std = (0.2470, 0.2435, 0.2616)
+
+    def _tv_class(self) -> type:
+        from torchvision.datasets import CIFAR10
+
+        return CIFAR10
+
+    def load(self) -> dict[str, Dataset]:
+        def to_set(d: Any) -> ArrayDataset:
+            images = torch.from_numpy(np.ascontiguousarray(d.data.transpose(0, 3, 1, 2)))  # (N, 3, 32, 32) uint8
+            return ArrayDataset(images, _checked_labels(torch.as_tensor(d.targets, dtype=torch.long), self))
+
+        train_set = to_set(self._open(train=True))
+        return {"pretrain": train_set, "labelled": train_set, "val": to_set(self._open(train=False))}
+
+
+class CIFAR100DataModule(CIFAR10DataModule):
+    """CIFAR-100 (fine labels) from ``<root>/cifar-100-python``."""
+
+    name = "cifar100"
+    num_classes = 100
+    mean = (0.5071, 0.4865, 0.4409)
+    std = (0.2673, 0.2564, 0.2762)
+
+    def _tv_class(self) -> type:
+        from torchvision.datasets import CIFAR100
+
+        return CIFAR100
+
+
+class STL10DataModule(TorchvisionDataModule):
+    """STL-10 from the official binaries (``<root>/stl10_binary``): pretraining on train + unlabeled
+    (100k unlabelled images, label -1), evaluation on the 5k train / 8k test images."""
+
+    name = "stl10"
+    num_classes = 10
+    native_size = 96
+    mean = (0.4467, 0.4398, 0.4066)
+    std = (0.2603, 0.2566, 0.2713)
+
+    def _tv_class(self) -> type:
+        from torchvision.datasets import STL10
+
+        return STL10
+
+    def load(self) -> dict[str, Dataset]:
+        def to_set(d: Any) -> ArrayDataset:
+            images = torch.from_numpy(np.ascontiguousarray(d.data))  # (N, 3, 96, 96) uint8, rows first
+            labels = torch.from_numpy(d.labels.astype(np.int64))
+            return ArrayDataset(images, _checked_labels(labels, self, unlabelled_ok=d.split == "unlabeled"))
+
+        sets: dict[str, Dataset] = {
+            "labelled": to_set(self._open(split="train")),
+            "val": to_set(self._open(split="test")),
+        }
+        if self.train_split == "pretrain":  # train + unlabeled without a second copy of train
+            sets["pretrain"] = ConcatDataset([sets["labelled"], to_set(self._open(split="unlabeled"))])
+        else:
+            sets["pretrain"] = sets["labelled"]
+        return sets
+
+
+class ImageFolderDataModule(ImageDataModule):
+    """Any class-per-folder tree (ImageNet, ImageNet-100, ...) with separate train and val roots.
+
+    Images are decoded on the loader workers, resized (shorter side) and centre-cropped to
+    ``load_size`` so that they collate; the random crops of the views are taken on the device.
+
+    Args:
+        train_dir, val_dir: folders under ``root`` (or absolute paths).
+        load_size: side of the decoded images; default ``image_size * 8 / 7`` (256 for 224).
+    """
+
+    name = "imagefolder"
+    native_size = 224
+    center_crop_eval = True
+
+    def __init__(
+        self, *, train_dir: str = "train", val_dir: str = "val", load_size: int | None = None, **kwargs: Any
+    ) -> None:
+        super().__init__(**kwargs)
+        self.train_dir = self.root / train_dir
+        self.val_dir = self.root / val_dir
+        check(
+            load_size is None
+            or (isinstance(load_size, int) and not isinstance(load_size, bool) and load_size >= self.image_size),
+            f"data.load_size must be null or an integer >= data.image_size={self.image_size}, got {load_size!r}",
+        )
+        self.load_size = load_size or round(self.image_size * 8 / 7)
+        self.num_classes = 0
+
+    def _open(self, folder: Path) -> Dataset:
+        from torchvision import transforms as T
+        from torchvision.datasets import ImageFolder
+
+        if not folder.is_dir():
+            raise ConfigError(
+                f"data.root: image folder {folder} does not exist; set data.root to the folder that holds the "
+                f"{self.train_dir.name}/ and {self.val_dir.name}/ class folders (or data.train_dir / data.val_dir)"
+            )
+        tf = T.Compose([T.Resize(self.load_size), T.CenterCrop(self.load_size), T.PILToTensor()])
+        try:
+            return ImageFolder(str(folder), transform=tf, loader=_rgb_loader)
+        except (FileNotFoundError, RuntimeError) as err:
+            raise ConfigError(
+                f"data.root: no class folders with images in {folder} ({_one_line(err)}); "
+                "put one folder of images per class there"
+            ) from None
+
+    def load(self) -> dict[str, Dataset]:
+        train, val = self._open(self.train_dir), self._open(self.val_dir)
+        if train.classes != val.classes:
+            only_train = sorted(set(train.classes) - set(val.classes))
+            only_val = sorted(set(val.classes) - set(train.classes))
+            raise ConfigError(
+                f"data.val_dir: the class folders of {self.val_dir} differ from those of {self.train_dir} "
+                f"(only in train: {only_train or 'none'}; only in val: {only_val or 'none'}); "
+                "give both the same class folders"
+            )
+        self.num_classes = len(train.classes)
+        return {"pretrain": train, "labelled": train, "val": val}
+
+
+def _rgb_loader(path: str) -> Any:
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+DATASETS: dict[str, type[ImageDataModule]] = {
+    "digits": DigitsDataModule,
+    "cifar10": CIFAR10DataModule,
+    "cifar100": CIFAR100DataModule,
+    "stl10": STL10DataModule,
+    "imagefolder": ImageFolderDataModule,
+}
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def build_datamodule(name: str, **kwargs: Any) -> ImageDataModule:
+    if name not in DATASETS:
+        raise ConfigError(f"unknown dataset {name!r}: choose data= one of {', '.join(list_datasets())}")
+    return DATASETS[name](**kwargs)
