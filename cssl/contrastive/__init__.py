@@ -2,12 +2,16 @@
 
 from cssl.contrastive.estimators import ESTIMATORS, check_estimator, info_nce, info_nce_per_anchor
 from cssl.contrastive.losses import in_batch_similarities, nt_xent
+from cssl.contrastive.mixing import mochi_negatives
+from cssl.contrastive.pools import QueuePool
 
 __all__ = [
     "ESTIMATORS",
+    "QueuePool",
     "check_estimator",
     "in_batch_similarities",
     "info_nce",
     "info_nce_per_anchor",
+    "mochi_negatives",
     "nt_xent",
 ]
