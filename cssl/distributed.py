@@ -36,7 +36,8 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
+        # a copy: autograd may hand the same buffer to other branches of the graph, so never reduce in place
+        grad = grad.clone(memory_format=torch.contiguous_format)  # (P*B, ...)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)  # every rank's loss depends on this rank's rows
         start = rank() * ctx.batch
         return grad[start : start + ctx.batch]

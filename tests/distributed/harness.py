@@ -3,11 +3,14 @@
     results = run_ranks(fn, world_size=2, args=(x,))   # fn(rank, world_size, *args) -> picklable
 
 ``fn`` must be a module-level function (it is pickled into the spawned processes). The process group is
-initialised before ``fn`` runs and destroyed after; tensors in the result are moved to the CPU.
+initialised before ``fn`` runs and destroyed after; tensors in the result are moved to the CPU. Results are
+serialised with ``torch.save`` into bytes before they cross the queue: torch's shared-memory tensor passing
+would hand the parent file descriptors of a worker that may already have exited.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import tempfile
 import traceback
@@ -25,12 +28,30 @@ def _worker(rank: int, world_size: int, init_file: str, fn: Callable[..., Any], 
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        queue.put((rank, "ok", _to_bytes(result)))
     except Exception:  # noqa: BLE001 - reported to the parent, which raises
         queue.put((rank, "error", traceback.format_exc()))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def _to_bytes(result: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(_to_cpu(result), buffer)
+    return buffer.getvalue()
+
+
+def _to_cpu(x: Any) -> Any:
+    if isinstance(x, torch.Tensor):
+        return x.detach().cpu()
+    if isinstance(x, dict):
+        return {k: _to_cpu(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_to_cpu(v) for v in x]
+    if isinstance(x, tuple):
+        return tuple(_to_cpu(v) for v in x)
+    return x
 
 
 def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (), timeout: float = 120.0) -> list[Any]:
@@ -39,7 +60,9 @@ def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (), tim
     queue = ctx.Queue()
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_worker, args=(r, world_size, init_file, fn, args, queue)) for r in range(world_size)]
+        procs = [
+            ctx.Process(target=_worker, args=(r, world_size, init_file, fn, args, queue)) for r in range(world_size)
+        ]
         for p in procs:
             p.start()
         results: dict[int, Any] = {}
@@ -48,7 +71,7 @@ def run_ranks(fn: Callable[..., Any], world_size: int = 2, args: tuple = (), tim
             for _ in range(world_size):
                 rank, status, payload = queue.get(timeout=timeout)
                 if status == "ok":
-                    results[rank] = payload
+                    results[rank] = torch.load(io.BytesIO(payload), weights_only=False)
                 else:
                     errors.append(f"rank {rank}:\n{payload}")
         finally:
