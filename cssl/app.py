@@ -57,15 +57,7 @@ def build_trainer(
     progress_bar = bool(options.pop("progress_bar", True))
     if progress_bar:
         callbacks = [*callbacks, pl.callbacks.RichProgressBar()]
-    strategy = options.pop("strategy", "auto")
-    if strategy == "ddp" and str(options.get("accelerator")) == "cpu":
-        from pytorch_lightning.strategies import DDPStrategy
-
-        strategy = DDPStrategy(process_group_backend="gloo", find_unused_parameters=False)
-    elif strategy == "ddp":
-        from pytorch_lightning.strategies import DDPStrategy
-
-        strategy = DDPStrategy(find_unused_parameters=False)
+    strategy = build_strategy(options)
     try:
         return pl.Trainer(
             **options,
@@ -83,6 +75,31 @@ def build_trainer(
         raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
     except pl.utilities.exceptions.MisconfigurationException as err:
         raise ConfigError(f"trainer: {str(err).splitlines()[0]}") from None
+
+
+def build_strategy(options: dict[str, Any]) -> Any:
+    """The Lightning strategy of ``cfg.trainer``; pops the keys that are not Trainer arguments.
+
+    ``strategy: ddp`` becomes a :class:`DDPStrategy` (gloo on the CPU, NCCL on GPUs, as Lightning picks
+    from the device) with ``find_unused_parameters`` from the config (default off: every method uses all of
+    its parameters in every step). The launch is Lightning's: it spawns ``devices - 1`` copies of the
+    script on each node, or finds the processes made by torchrun or SLURM's srun (cluster environments).
+    """
+    strategy = options.pop("strategy", "auto")
+    find_unused = options.pop("find_unused_parameters", False)
+    check(isinstance(find_unused, bool), f"trainer.find_unused_parameters must be true or false, got {find_unused!r}")
+    accelerator = str(options.get("accelerator", "auto"))
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available())
+    check(
+        not (options.get("sync_batchnorm") and on_cpu and str(strategy).startswith("ddp")),
+        "trainer.sync_batchnorm=true needs GPUs (SyncBatchNorm has no CPU kernel); set trainer.sync_batchnorm=false",
+    )
+    if strategy == "ddp":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        backend = "gloo" if on_cpu else None  # None: Lightning's choice for the device (NCCL on CUDA)
+        strategy = DDPStrategy(process_group_backend=backend, find_unused_parameters=find_unused)
+    return strategy
 
 
 class Throughput(pl.Callback):
