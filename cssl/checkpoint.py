@@ -84,6 +84,17 @@ class RNGState(pl.Callback):
     """Saves and restores the random generators (Python, NumPy, torch CPU and accelerator) of every rank,
     so that a resumed run draws the same augmentations and shuffles as an uninterrupted one."""
 
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Give each rank its own streams: every rank was seeded alike, and views are drawn on the device
+        from the global generators, so ranks would otherwise apply the same augmentation parameters to
+        their different images. Rank 0 keeps its stream (one process is unchanged); a resumed run then
+        restores the saved states over these (Lightning restores callbacks after ``setup``)."""
+        if trainer.global_rank > 0:
+            seed = (torch.initial_seed() + 1_000_003 * trainer.global_rank) % 2**32
+            random.seed(seed)
+            np.random.seed(seed)
+            torch.manual_seed(seed)  # CPU and every CUDA device
+
     def state_dict(self) -> dict[str, Any]:
         state = _rng_state()
         if distributed.world_size() > 1:

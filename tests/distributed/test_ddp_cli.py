@@ -93,8 +93,12 @@ def test_rng_states_of_both_ranks_are_gathered_into_the_checkpoint(runs: dict) -
     ckpt = runs["after_first"]["ckpt"]
     states = [v for k, v in ckpt["callbacks"].items() if k.startswith("RNGState")]
     assert len(states) == 1 and len(states[0]["per_rank"]) == 2
-    for state in states[0]["per_rank"]:
+    rank0, rank1 = states[0]["per_rank"]
+    for state in (rank0, rank1):
         assert state["torch"].dtype == torch.uint8 and state["torch"].numel() > 0
+    # each rank draws its own augmentations: the ranks' generators are in different states
+    assert not torch.equal(rank0["torch"], rank1["torch"])
+    assert not torch.equal(rank0["numpy"]["keys"], rank1["numpy"]["keys"])
 
 
 def test_learning_rate_is_scaled_by_the_global_batch(runs: dict) -> None:
