@@ -1,0 +1,67 @@
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a CLI run: no W&B credentials, quiet, repo importable."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update({"PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"})
+    env.update(extra)
+    return env
+
+
+def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run ``python <script> args...`` from the repo root and return the completed process."""
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        cwd=REPO,
+        env=env or cli_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+QUICK = ("logger=none", "trainer.progress_bar=false", "data.batch_size=32", "method.proj_hidden_dim=64")
+
+
+@pytest.fixture
+def quick_args() -> tuple[str, ...]:
+    return QUICK
+
+
+def compose(config_name: str, overrides: list[str]):
+    """The config that ``python <entry>.py overrides...`` would see (Hydra's compose API)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=overrides)
+
+
+def run_inprocess(entry: str, overrides: list[str]) -> tuple[int, str]:
+    """Run an entry point's main function in this process with its error guard: (exit code, stderr)."""
+    import contextlib
+    import io
+
+    from cssl import cli
+
+    if entry == "train":
+        from cssl.pretrain import pretrain as fn
+    else:
+        from cssl.linear import linear_eval as fn
+    cfg = compose("train" if entry == "train" else "linear_eval", overrides)
+    err = io.StringIO()
+    code = 0
+    with contextlib.redirect_stderr(err):
+        try:
+            cli.guard(lambda: fn(cfg))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+    return code, err.getvalue()
