@@ -6,12 +6,15 @@ from __future__ import annotations
 
 from cssl.errors import ConfigError
 from cssl.methods.base import ContrastiveMethod
+from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 
 METHODS: dict[str, type[ContrastiveMethod]] = {
     "simclr": SimCLR,
     "dcl": SimCLR,
     "hcl": SimCLR,
+    "moco": MoCo,
+    "mochi": MoChi,
 }
 
 

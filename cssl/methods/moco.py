@@ -1,0 +1,253 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): momentum key encoder + FIFO queue pool + an estimator.
+MoChi (Kalantidis et al. 2020): MoCo plus per-query synthetic hard negatives (a logits transform).
+
+One step, in this order: EMA update of the key encoder, key forward (no gradient, key BN mode), loss over
+logits [q.k | q.queue (| q.synthetic)] / t with the positive first, and after the optimiser step the keys
+of all ranks are enqueued (never the synthetic negatives).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from cssl import distributed
+from cssl.contrastive import QueuePool, check_estimator, info_nce, mochi_negatives
+from cssl.contrastive.estimators import at_least_fp32
+from cssl.contrastive.momentum import MomentumEncoder
+from cssl.errors import check, check_unit_interval
+from cssl.heads import mlp
+from cssl.methods.base import ContrastiveMethod
+
+KEY_BN = ("auto", "shuffle", "split", "sync", "none")
+QUEUE_SIZE = 65536  # MoCo's ImageNet default
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def resolve_key_bn(key_bn: str) -> str:
+    """``auto`` -> ``shuffle`` under several processes, ``split`` on one; other modes unchanged."""
+    if key_bn == "auto":
+        return "shuffle" if distributed.world_size() > 1 else "split"
+    return key_bn
+
+
+@torch.no_grad()
+def encode_keys(encoder: nn.Module, x: Tensor, *, key_bn: str, splits: int = 8) -> Tensor:
+    """Key forward that keeps BN statistics of the keys from leaking the queries' batch (MoCo's shuffle BN).
+
+    Args:
+        encoder: the key encoder (no gradient is recorded).
+        x: (B, ...) this rank's key views.
+        key_bn: ``shuffle``: the global batch is permuted across ranks before the forward and restored after,
+            so each rank's BN sees other images than its queries (plain BN on one process); ``split``: on one
+            device, a random permutation of the batch goes through the encoder in ``splits`` chunks of at
+            least 2 images, each with its own BN statistics; ``sync`` / ``none``: one plain forward (SyncBN
+            layers, if converted, synchronise themselves); ``auto``: see :func:`resolve_key_bn`.
+        splits: number of chunks of ``split``.
+
+    Returns:
+        (B, D) encoder outputs in the original row order.
+    """
+    mode = resolve_key_bn(key_bn)
+    if mode == "shuffle":
+        shuffled, undo = distributed.shuffle_batch(x)  # (B, ...), (P*B,)
+        return distributed.unshuffle_batch(encoder(shuffled), undo)  # (B, D)
+    if mode == "split":
+        b = x.shape[0]
+        chunks = max(1, min(splits, b // 2))
+        perm = torch.randperm(b, device=x.device)  # (B,)
+        out = torch.cat([encoder(part) for part in x[perm].tensor_split(chunks)])  # (B, D), permuted order
+        return out[torch.argsort(perm)]  # (B, D)
+    return encoder(x)  # (B, D)
+
+
+class MoCo(ContrastiveMethod):
+    """MoCo v2: queries from the online encoder, keys from its EMA copy, negatives from a queue of keys.
+
+    Args:
+        temperature: t of the logits.
+        estimator: ``infonce`` (MoCo), ``dcl`` or ``hcl`` over the queue's negatives.
+        tau_plus, beta: estimator parameters (see :func:`cssl.contrastive.info_nce`).
+        queue_size: K, entries of the queue.
+        momentum: m of the key encoder's EMA, in [0, 1].
+        momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
+        key_bn: BN mode of the key forward, see :func:`encode_keys`; ``sync`` converts the key encoder's BN
+            layers to SyncBatchNorm.
+        key_bn_splits: chunks of the ``split`` mode.
+        symmetric: both views serve as query, the two losses are averaged and both key sets enqueued.
+        proj_hidden_dim, proj_output_dim, proj_layers, proj_batch_norm: projector MLP (MoCo v2's has no BN).
+        **kwargs: :class:`ContrastiveMethod` arguments.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        temperature: float = 0.2,
+        estimator: str = "infonce",
+        tau_plus: float = 0.0,
+        beta: float = 0.0,
+        queue_size: int = QUEUE_SIZE,
+        momentum: float = 0.999,
+        momentum_schedule: str = "constant",
+        key_bn: str = "auto",
+        key_bn_splits: int = 8,
+        symmetric: bool = False,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_layers: int = 2,
+        proj_batch_norm: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        check_estimator(estimator, temperature, tau_plus, beta)
+        check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
+        check_unit_interval("method.momentum", momentum, closed_right=True)
+        check(key_bn in KEY_BN, f"method.key_bn must be one of {', '.join(KEY_BN)}, got {key_bn!r}")
+        check(
+            _is_int(key_bn_splits) and key_bn_splits >= 1,
+            f"method.key_bn_splits must be an integer >= 1, got {key_bn_splits!r}",
+        )
+        super().__init__(backbone, **kwargs)
+        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        self.key_bn, self.key_bn_splits, self.symmetric = key_bn, key_bn_splits, bool(symmetric)
+        self.projector = mlp(
+            self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
+        )
+        self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
+        if key_bn == "sync":
+            self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
+        self.queue = QueuePool(queue_size, proj_output_dim)
+        self._pending_keys: Tensor | None = None
+
+    def _online(self) -> nn.Module:
+        """The online (backbone, projector) pair, in the parameter order of the key encoder."""
+        return nn.Sequential(self.backbone, self.projector)
+
+    # -- the step ------------------------------------------------------------------------------------
+    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        momentum = self.momentum_update()
+        feats = self.backbone(views[0])  # (B, F)
+        q = self.projector(feats)  # (B, D)
+        k = self.keys(views[1])  # (B, D)
+        pos, neg = self.query_logits(q, k)  # (B,), (B, K [+ S])
+        loss = self._loss(pos, neg)
+        pending = [k]
+        if self.symmetric:
+            q2 = self.projector(self.backbone(views[1]))  # (B, D)
+            k2 = self.keys(views[0])  # (B, D)
+            pos2, neg2 = self.query_logits(q2, k2)
+            loss = (loss + self._loss(pos2, neg2)) / 2
+            pending.append(k2)
+        self._pending_keys = torch.cat(pending)  # (B or 2B, D), enqueued after the optimiser step
+        return loss, feats, self._diagnostics(pos, neg, momentum)
+
+    def after_optimizer_step(self) -> None:
+        if self._pending_keys is not None:
+            self.queue.enqueue(self._pending_keys)
+            self._pending_keys = None
+
+    def momentum_update(self) -> float:
+        """EMA step of the key encoder towards the online encoder; returns the m used."""
+        trainer = self._trainer
+        total = trainer.estimated_stepping_batches if trainer is not None else 0
+        total = int(total) if math.isfinite(total) else 0
+        momentum = self.key_encoder.momentum_at(self.global_step, total)
+        self.key_encoder.update(self._online(), momentum)
+        return momentum
+
+    def keys(self, x: Tensor) -> Tensor:
+        """Unit keys (B, D) of the key encoder, no gradient, in fp32."""
+        k = encode_keys(self.key_encoder, x, key_bn=self.key_bn, splits=self.key_bn_splits)  # (B, D)
+        return F.normalize(at_least_fp32(k), dim=1)
+
+    def query_logits(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        """Cosine similarities of the unit queries with their key and with the negatives.
+
+        Args:
+            q: (B, D) queries (normalised here, in fp32); k: (B, D) keys.
+
+        Returns:
+            pos (B,) = q.k, and neg (B, K + S) = [q.queue | q.synthetic] (S = 0 for MoCo).
+        """
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            q = F.normalize(at_least_fp32(q), dim=1)  # (B, D)
+            k = F.normalize(at_least_fp32(k.detach()), dim=1).to(q.dtype)  # (B, D)
+            pos = (q * k).sum(1)  # (B,)
+            neg = q @ self.queue.negatives().to(q.dtype).T  # (B, K)
+            extra = self.extra_negatives(q)  # (B, S, D) or None
+            if extra is not None:
+                neg = torch.cat([neg, torch.einsum("bd,bsd->bs", q, extra.to(q.dtype))], dim=1)  # (B, K + S)
+        return pos, neg
+
+    def extra_negatives(self, q: Tensor) -> Tensor | None:
+        """Per-query negatives appended to each row (a logits transform); MoCo has none."""
+        return None
+
+    def _loss(self, pos: Tensor, neg: Tensor) -> Tensor:
+        return info_nce(pos, neg, self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=self.beta)
+
+    def _diagnostics(self, pos: Tensor, neg: Tensor, momentum: float) -> dict[str, Tensor]:
+        k = self.queue.size
+        logs = {
+            "neg/pos_sim": pos.detach().mean(),
+            "neg/hardest_sim": neg[:, :k].detach().max(1).values.mean(),
+            "neg/queue_age_mean": self.queue.age.float().mean(),
+        }
+        if neg.shape[1] > k:
+            logs["neg/synthetic_sim"] = neg[:, k:].detach().mean()
+        if self.key_encoder.schedule != "constant":
+            logs["train/momentum"] = torch.tensor(momentum)
+        return logs
+
+
+class MoChi(MoCo):
+    """MoCo with hard negative mixing: per query, s mixes of pairs of its ``n_hard`` hardest queue entries
+    and s' mixes of the query with one of them, appended to its row only and never enqueued.
+
+    Args:
+        n_hard: N, hardest queue entries of each query to mix (<= queue_size).
+        s: mixes of two hard negatives per query.
+        s_prime: mixes of the query with a hard negative per query.
+        mochi_warmup_epochs: plain MoCo for the first epochs, mixing from then on.
+        **kwargs: :class:`MoCo` arguments.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        n_hard: int = 1024,
+        s: int = 512,
+        s_prime: int = 256,
+        mochi_warmup_epochs: int = 10,
+        **kwargs: Any,
+    ) -> None:
+        check(_is_int(n_hard) and n_hard >= 1, f"method.n_hard must be an integer >= 1, got {n_hard!r}")
+        check(_is_int(s) and s >= 0, f"method.s must be an integer >= 0, got {s!r}")
+        check(_is_int(s_prime) and s_prime >= 0, f"method.s_prime must be an integer >= 0, got {s_prime!r}")
+        check(
+            _is_int(mochi_warmup_epochs) and mochi_warmup_epochs >= 0,
+            f"method.mochi_warmup_epochs must be an integer >= 0, got {mochi_warmup_epochs!r}",
+        )
+        queue_size = kwargs.get("queue_size", QUEUE_SIZE)
+        if _is_int(queue_size):
+            check(n_hard <= queue_size, f"method.n_hard={n_hard} exceeds method.queue_size={queue_size}; lower n_hard")
+        super().__init__(backbone, **kwargs)
+        self.n_hard, self.s, self.s_prime, self.mochi_warmup_epochs = n_hard, s, s_prime, mochi_warmup_epochs
+
+    def mixing_active(self) -> bool:
+        return self.s + self.s_prime > 0 and self.current_epoch >= self.mochi_warmup_epochs
+
+    def extra_negatives(self, q: Tensor) -> Tensor | None:
+        if not self.mixing_active():
+            return None
+        negatives = self.queue.negatives()
+        return mochi_negatives(q, negatives, n_hard=self.n_hard, s=self.s, s_prime=self.s_prime)  # (B, s + s', D)
