@@ -1,0 +1,65 @@
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+from cssl.errors import ConfigError
+from cssl.optim import OptimSettings, build_optimizer, param_groups, warmup_cosine
+
+
+def _net() -> nn.Module:
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten(), nn.Linear(4, 2), nn.LayerNorm(2))
+
+
+def test_bias_and_norm_parameters_get_no_weight_decay():
+    net = _net()
+    decay, no_decay = param_groups([net], 1e-4, exclude_bias_norm=True)
+    assert {id(p) for p in decay["params"]} == {id(net[0].weight), id(net[3].weight)}
+    assert len(no_decay["params"]) == 6 and no_decay["weight_decay"] == 0.0
+    (only,) = param_groups([net], 1e-4, exclude_bias_norm=False)
+    assert len(only["params"]) == 8
+
+
+def test_lars_adapts_weights_only():
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    groups = param_groups([net], 1e-4, exclude_bias_norm=True)
+    opt = build_optimizer(groups, OptimSettings(name="lars", lr=1.0, momentum=0.0), lr=1.0)
+    w0, b0 = net.weight.detach().clone(), net.bias.detach().clone()
+    net(torch.randn(8, 4)).pow(2).sum().backward()
+    gw, gb = net.weight.grad.clone(), net.bias.grad.clone()
+    opt.step()
+    # bias: plain SGD step; weight: step scaled by the trust ratio 0.001 * |w| / (|g| + wd |w|)
+    assert torch.allclose(net.bias, b0 - gb)
+    g = gw + 1e-4 * w0
+    ratio = 0.001 * w0.norm() / (gw.norm() + 1e-4 * w0.norm())
+    assert torch.allclose(net.weight, w0 - ratio * g, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "lars", "adamw", "adam"])
+def test_every_optimizer_builds(name):
+    opt = build_optimizer(param_groups([_net()], 1e-4, True), OptimSettings(name=name), lr=0.1)
+    assert opt.param_groups[0]["lr"] == 0.1
+
+
+def test_learning_rate_scales_with_global_batch():
+    assert OptimSettings(lr=0.3).peak_lr(1024) == pytest.approx(1.2)
+    assert OptimSettings(lr=0.3, scale_lr=False).peak_lr(1024) == 0.3
+
+
+def test_warmup_then_cosine():
+    values = [warmup_cosine(s, 10, 110) for s in range(111)]
+    assert values[0] == pytest.approx(0.1) and values[9] == pytest.approx(1.0) and values[10] == pytest.approx(1.0)
+    assert values[60] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
+    assert values[110] == pytest.approx(0.0)
+    assert all(a >= b for a, b in zip(values[10:], values[11:], strict=False))
+    assert warmup_cosine(110, 10, 110, min_ratio=0.1) == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"name": "rmsprop"}, {"lr": 0.0}, {"weight_decay": -1.0}, {"warmup_epochs": -1}, {"min_lr_ratio": 2.0}]
+)
+def test_bad_settings(kwargs):
+    with pytest.raises(ConfigError, match="optimizer"):
+        OptimSettings(**kwargs)

@@ -1,0 +1,59 @@
+"""Every registered backbone, method and config builds and runs: a new entry is tested without new tests."""
+
+import math
+
+import pytest
+import torch
+
+from cssl.backbones import build_backbone, list_backbones
+from cssl.methods import METHODS
+from cssl.pretrain import pretrain
+from tests.conftest import REPO, compose
+
+
+@pytest.mark.parametrize("name", [*list_backbones(), "timm:resnet10t"])
+@pytest.mark.parametrize("cifar_stem", [False, True])
+def test_backbones_build_and_map_images_to_features(name, cifar_stem):
+    net = build_backbone(name, cifar_stem=cifar_stem).eval()
+    out = net(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, net.num_features)
+    if not name.startswith("timm:"):
+        assert (net.conv1.kernel_size, net.conv1.stride) == (((3, 3), (1, 1)) if cifar_stem else ((7, 7), (2, 2)))
+        assert isinstance(net.maxpool, torch.nn.Identity) == cifar_stem
+
+
+def test_every_method_has_a_config_and_every_config_a_method():
+    configs = {p.stem for p in (REPO / "configs" / "method").glob("*.yaml")} - {"common"}
+    assert configs == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_a_few_steps(method, tmp_path):
+    cfg = compose(
+        "train",
+        [
+            f"method={method}",
+            "logger=none",
+            "trainer.progress_bar=false",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+            "data.batch_size=16",
+            "data.bank_limit=64",
+            f"run_dir={tmp_path}",
+        ],
+    )
+    summary = pretrain(cfg)
+    assert summary["method"] == method and summary["global_step"] == 2
+    assert math.isfinite(summary["train_loss"])
+    assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+
+
+@pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))
+def test_every_experiment_config_composes_and_its_objects_build(experiment):
+    from cssl.methods import method_class
+    from cssl.optim import OptimSettings
+
+    cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.method.name in METHODS and cfg.data.name
+    method_class(cfg.method.name)
+    OptimSettings(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optimizer.items()})
