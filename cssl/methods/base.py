@@ -89,7 +89,9 @@ class ContrastiveMethod(pl.LightningModule):
         views, y = batch
         loss, feats, extra = self.contrastive_step(views)
         logits = self.probe(feats.detach())
-        probe_loss = F.cross_entropy(logits, y, ignore_index=-1) if (y >= 0).any() else logits.sum() * 0
+        # mean over labelled rows (label -1 = unlabelled), without a host sync on the label count
+        labelled = (y >= 0).sum().clamp(min=1)
+        probe_loss = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / labelled
         self.train_acc(logits, y)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/probe_loss", probe_loss)
