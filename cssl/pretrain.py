@@ -21,8 +21,40 @@ from cssl.optim import OptimSettings
 
 
 def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2) -> MultiView:
+    """``num_views`` views at ``image_size``, then the extra multi-crop views of ``data.multicrop`` (if any).
+
+    ``data.multicrop`` is null or ``{sizes: [S, ...], scales: [[min, max], ...]}``: one extra view per size,
+    with its own crop area range and the rest of ``data.augment``. Methods that do not use extra views
+    (SimCLR, MoCo) take ``views[:2]`` and ignore them.
+    """
     augment = app.plain(cfg.data.augment)
-    return MultiView([ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(num_views)])
+    views = [ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(num_views)]
+    multicrop = app.plain(cfg.data).get("multicrop")
+    if multicrop:
+        check(
+            isinstance(multicrop, dict) and set(multicrop) == {"sizes", "scales"},
+            f"data.multicrop must be null or {{sizes: [...], scales: [[min, max], ...]}}, got {multicrop!r}",
+        )
+        sizes, scales = multicrop["sizes"], multicrop["scales"]
+        check(
+            isinstance(sizes, list) and isinstance(scales, list) and len(sizes) == len(scales) > 0,
+            f"data.multicrop.sizes and data.multicrop.scales must be lists of equal length, got {sizes!r} and {scales!r}",
+        )
+        for size, scale in zip(sizes, scales, strict=True):
+            check(
+                isinstance(size, int) and not isinstance(size, bool) and size >= 8,
+                f"data.multicrop.sizes entries must be integers >= 8, got {size!r}",
+            )
+            check(
+                isinstance(scale, list)
+                and len(scale) == 2
+                and all(isinstance(v, int | float) for v in scale)
+                and 0 < scale[0] <= scale[1] <= 1,
+                f"data.multicrop.scales entries must be [min, max] with 0 < min <= max <= 1, got {scale!r}",
+            )
+            options = {**augment, "crop_scale": scale}
+            views.append(ViewAugment(size, mean=mean, std=std, **options))
+    return MultiView(views)
 
 
 def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:

@@ -5,6 +5,7 @@ in-batch method, so they share its class; their configs set the estimator."""
 from __future__ import annotations
 
 from cssl.errors import ConfigError
+from cssl.methods.adco import AdCo
 from cssl.methods.base import ContrastiveMethod
 from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
@@ -13,6 +14,7 @@ METHODS: dict[str, type[ContrastiveMethod]] = {
     "simclr": SimCLR,
     "dcl": SimCLR,
     "hcl": SimCLR,
+    "adco": AdCo,
     "moco": MoCo,
     "mochi": MoChi,
 }

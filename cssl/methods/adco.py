@@ -1,0 +1,203 @@
+"""AdCo (Hu et al. 2021): momentum key encoder + a bank of adversarial negatives + an estimator.
+
+One step: queries from the online encoder, keys from its EMA copy gathered from all ranks; each query is
+scored against ``[k_all | normalize(W)]`` with its own key at column ``global_rank * B + i`` and the network
+descends the estimator's loss at ``temperature`` (moco_t). After the network's optimiser step, the bank
+ascends the same cross-entropy at ``mem_t`` computed from the pre-step queries and bank (its gradient is
+taken during the training step, when both are at hand), and the key encoder takes its EMA step.
+
+Query crops: view 0 against the keys of view 1 (and, with ``symmetric``, view 1 against those of view 0;
+the two losses averaged), plus every extra multi-crop view against the keys of view 1, each crop's loss
+added (AdCo's multi-crop recipe). The bank's gradient gets the same weights as the losses.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+from cssl import distributed
+from cssl.contrastive import AdversarialBank, check_estimator, info_nce
+from cssl.contrastive.estimators import at_least_fp32
+from cssl.contrastive.momentum import MomentumEncoder
+from cssl.errors import check
+from cssl.heads import mlp
+from cssl.methods.base import ContrastiveMethod
+
+BANK_SIZE = 65536  # AdCo's ImageNet K
+
+
+class AdCo(ContrastiveMethod):
+    """Adversarial contrast: negatives are the other images' keys and K learned adversarial vectors.
+
+    Args:
+        temperature: moco_t, the temperature of the network's loss.
+        estimator: ``infonce`` (AdCo), ``dcl`` or ``hcl`` over the keys' and the bank's negatives.
+        tau_plus, beta: estimator parameters (see :func:`cssl.contrastive.info_nce`).
+        bank_size: K, the number of adversarial negatives.
+        mem_t: temperature of the bank's (ascended) cross-entropy.
+        mem_lr: step size of the bank's ascent.
+        mem_momentum: momentum of the bank's ascent, in [0, 1).
+        mem_wd: weight decay of the bank.
+        bank_init: ``keys`` (columns filled from the first gathered keys) or ``random``.
+        momentum: m of the key encoder's EMA, in [0, 1].
+        momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
+        symmetric: both views serve as query against the other's keys; the two losses are averaged.
+        proj_hidden_dim, proj_output_dim, proj_layers, proj_batch_norm: projector MLP (MoCo v2's head).
+        **kwargs: :class:`ContrastiveMethod` arguments.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        *,
+        temperature: float = 0.12,
+        estimator: str = "infonce",
+        tau_plus: float = 0.0,
+        beta: float = 0.0,
+        bank_size: int = BANK_SIZE,
+        mem_t: float = 0.02,
+        mem_lr: float = 3.0,
+        mem_momentum: float = 0.9,
+        mem_wd: float = 1e-4,
+        bank_init: str = "keys",
+        momentum: float = 0.999,
+        momentum_schedule: str = "constant",
+        symmetric: bool = False,
+        proj_hidden_dim: int = 2048,
+        proj_output_dim: int = 128,
+        proj_layers: int = 2,
+        proj_batch_norm: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        check_estimator(estimator, temperature, tau_plus, beta)
+        bank = AdversarialBank(
+            proj_output_dim,
+            bank_size,
+            temperature=mem_t,
+            lr=mem_lr,
+            momentum=mem_momentum,
+            weight_decay=mem_wd,
+            init=bank_init,
+        )
+        super().__init__(backbone, **kwargs)
+        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        self.symmetric = bool(symmetric)
+        self.projector = mlp(
+            self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
+        )
+        self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
+        self.bank = bank
+        self._optimizer_stepped = False
+
+    def _online(self) -> nn.Module:
+        """The online (backbone, projector) pair, in the parameter order of the key encoder."""
+        return nn.Sequential(self.backbone, self.projector)
+
+    # -- the step ------------------------------------------------------------------------------------
+    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        check(len(views) >= 2, f"AdCo needs at least 2 views per image, got {len(views)}")
+        b = views[0].shape[0]
+        offset = distributed.rank() * b  # global rank: the positives of rank r sit at r*B on every node
+        n_main = 2 if self.symmetric else 1
+        feats = self.backbone(torch.cat(views[:n_main]))  # (n_main*B, F)
+        queries = list(self.projector(feats).split(b))  # n_main x (B, D)
+        for group in _same_size_groups(views[2:]):
+            queries.extend(self.projector(self.backbone(torch.cat(group))).split(b))  # len(group) x (B, D)
+        k1 = distributed.gather(self.keys(views[1]))  # (B_g, D)
+        keys = [k1]
+        if self.symmetric:
+            keys.insert(0, distributed.gather(self.keys(views[0])))  # keys of view 0 pair with queries of view 1
+        pairs = [(queries[0], k1, 1.0 / n_main)]
+        if self.symmetric:
+            pairs.append((queries[1], keys[0], 1.0 / n_main))
+        pairs += [(q, k1, 1.0) for q in queries[n_main:]]
+
+        accumulate = self._trainer.accumulate_grad_batches if self._trainer is not None else 1
+        loss = feats.new_zeros((), dtype=torch.float32)
+        logs: dict[str, Tensor] = {}
+        for i, (q, k, weight) in enumerate(pairs):
+            z = self._normalize(q)  # (B, D)
+            pos, sim, neg_mask = self.bank.similarities(z, k, offset)  # (B,), (B, B_g + K), (B, B_g + K)
+            loss = loss + weight * self._loss(pos, sim, neg_mask)
+            if self.training:
+                mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate)
+                if i == 0:
+                    logs = self._diagnostics(pos, sim, k.shape[0], mem_loss)
+        if self.training:
+            for k in keys:
+                self.bank.offer_keys(k)
+        return loss, feats[:b], logs
+
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        super().optimizer_step(*args, **kwargs)
+        self._optimizer_stepped = True
+
+    def after_optimizer_step(self) -> None:
+        """Bank ascent and EMA step, once per optimiser step (not per accumulated micro-batch).
+
+        Doing the EMA step here rather than before the next key forward is the same sequence of updates.
+        Without a trainer (direct calls), every call is a step.
+        """
+        if self._trainer is not None and not self._optimizer_stepped:
+            return
+        self._optimizer_stepped = False
+        self.bank.step()
+        self.key_encoder.update(self._online(), self.current_momentum())
+
+    def current_momentum(self) -> float:
+        trainer = self._trainer
+        total = trainer.estimated_stepping_batches if trainer is not None else 0
+        total = int(total) if math.isfinite(total) else 0
+        return self.key_encoder.momentum_at(self.global_step, total)
+
+    def keys(self, x: Tensor) -> Tensor:
+        """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP."""
+        if distributed.world_size() > 1:
+            shuffled, undo = distributed.shuffle_batch(x)  # (B, ...), (P*B,)
+            k = distributed.unshuffle_batch(self.key_encoder(shuffled), undo)  # (B, D)
+        else:
+            k = self.key_encoder(x)  # (B, D)
+        return F.normalize(at_least_fp32(k), dim=1)
+
+    @staticmethod
+    def _normalize(q: Tensor) -> Tensor:
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            return F.normalize(at_least_fp32(q), dim=1)
+
+    def _loss(self, pos: Tensor, sim: Tensor, neg_mask: Tensor) -> Tensor:
+        return info_nce(
+            pos,
+            sim,
+            self.temperature,
+            estimator=self.estimator,
+            tau_plus=self.tau_plus,
+            beta=self.beta,
+            neg_mask=neg_mask,
+        )
+
+    def _diagnostics(self, pos: Tensor, sim: Tensor, n_keys: int, mem_loss: Tensor) -> dict[str, Tensor]:
+        logs = {
+            "train/mem_loss": mem_loss,
+            "neg/pos_sim": pos.detach().mean(),
+            "neg/bank_filled": self.bank.filled.float() / self.bank.size,
+        }
+        if self.bank.is_full():
+            logs["neg/bank_hardest_sim"] = sim[:, n_keys:].detach().max(1).values.mean()
+        return logs
+
+
+def _same_size_groups(views: list[Tensor]) -> list[list[Tensor]]:
+    """Consecutive views of equal shape, grouped so that each group takes one forward pass."""
+    groups: list[list[Tensor]] = []
+    for v in views:
+        if groups and groups[-1][0].shape == v.shape:
+            groups[-1].append(v)
+        else:
+            groups.append([v])
+    return groups
