@@ -6,11 +6,12 @@ from __future__ import annotations
 import netrc
 import os
 import socket
+import sys
 from pathlib import Path
 from typing import Any
 
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
-from pytorch_lightning.utilities import rank_zero_warn
+from pytorch_lightning.utilities import rank_zero_only
 
 from cssl.errors import ConfigError
 
@@ -66,7 +67,8 @@ class SafeWandbLogger(WandbLogger):
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - logging must never kill training
             self._broken = True
-            rank_zero_warn(f"W&B logging failed and is now off for this run ({type(err).__name__}: {err})")
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            _warn(f"warning: W&B logging failed and is now off for this run ({type(err).__name__}: {first})")
             return None
 
     @property
@@ -89,6 +91,11 @@ class SafeWandbLogger(WandbLogger):
 
     def finalize(self, status: str) -> None:
         self._guard(super().finalize, status)
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def build_logger(
