@@ -92,25 +92,49 @@ def info_nce_per_anchor(
         pos_logit = at_least_fp32(pos) / temperature  # (B,)
         neg_logit = at_least_fp32(neg) / temperature  # (B, M)
         if neg_mask is not None:
-            neg_logit = neg_logit.masked_fill(~neg_mask, float("-inf"))
-        if estimator == "infonce":
-            log_ng = torch.logsumexp(neg_logit, dim=1)  # (B,)
+            # one pass, no negated copy of the mask
+            neg_logit = torch.where(neg_mask, neg_logit, neg_logit.new_full((), float("-inf")))
+        if estimator == "hcl" and beta != 0:
+            log_sum = torch.logsumexp((1.0 + beta) * neg_logit, dim=1)  # (B,)
+            log_beta_sum = torch.logsumexp(beta * neg_logit, dim=1)  # (B,)
         else:
-            if neg_mask is not None:
-                n = neg_mask.sum(1).to(pos_logit.dtype)  # (B,)
-            else:
-                n = torch.full_like(pos_logit, neg.shape[1])
-            log_n = torch.log(n)  # (B,)
-            if estimator == "dcl" or beta == 0:
-                log_sum = torch.logsumexp(neg_logit, dim=1)  # log sum_j neg_ij
-            else:
-                # log( sum_j imp_ij neg_ij / mean_j imp_ij ), imp_ij = e^{beta s_ij / t}
-                log_sum = torch.logsumexp((1.0 + beta) * neg_logit, dim=1) - (
-                    torch.logsumexp(beta * neg_logit, dim=1) - log_n
-                )
-            log_ng = _debias(log_sum, pos_logit, log_n, temperature, tau_plus)
-        # -log(e^p / (e^p + Ng)) = logaddexp(p, log Ng) - p
-        return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
+            log_sum, log_beta_sum = torch.logsumexp(neg_logit, dim=1), None  # (B,) log sum_j neg_ij
+        if estimator == "infonce":
+            log_n = None
+        elif neg_mask is not None:
+            log_n = torch.log(neg_mask.sum(1).to(pos_logit.dtype))  # (B,)
+        else:
+            log_n = torch.full_like(pos_logit, math.log(neg.shape[1]) if neg.shape[1] else float("-inf"))
+        return loss_from_log_sums(pos_logit, log_sum, log_beta_sum, log_n, temperature, estimator, tau_plus)
+
+
+def loss_from_log_sums(
+    pos_logit: Tensor,
+    log_sum: Tensor,
+    log_beta_sum: Tensor | None,
+    log_n: Tensor | None,
+    temperature: float,
+    estimator: str,
+    tau_plus: float,
+) -> Tensor:
+    """Per-anchor losses from the row reductions of the negatives' logits x_ij = s_ij / t (all (B,), fp32+).
+
+    Args:
+        pos_logit: s_i+ / t.
+        log_sum: log sum_j e^{x_ij} (HCL with beta > 0: log sum_j e^{(1+beta) x_ij}).
+        log_beta_sum: HCL with beta > 0: log sum_j e^{beta x_ij}; else None.
+        log_n: log N_i (None for ``infonce``, which does not use it).
+        temperature, estimator, tau_plus: as :func:`info_nce`.
+    """
+    if estimator == "infonce":
+        log_ng = log_sum
+    else:
+        if log_beta_sum is not None:
+            # log( sum_j imp_ij neg_ij / mean_j imp_ij ), imp_ij = e^{beta s_ij / t}
+            log_sum = log_sum - (log_beta_sum - log_n)
+        log_ng = _debias(log_sum, pos_logit, log_n, temperature, tau_plus)
+    # -log(e^p / (e^p + Ng)) = logaddexp(p, log Ng) - p
+    return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
 
 
 def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: float, tau_plus: float) -> Tensor:
@@ -125,7 +149,6 @@ def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: floa
     log_debiased = log_sum + torch.log1p(-torch.exp(safe)) - math.log1p(-tau_plus)
     log_debiased = torch.where(valid, log_debiased, torch.full_like(log_debiased, float("-inf")))
     return torch.maximum(log_debiased, log_floor)
-
 
 
 def annealed_beta(beta: float, progress: float, steps: int = 9) -> float:
