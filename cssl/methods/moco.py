@@ -126,6 +126,7 @@ class MoCo(ContrastiveMethod):
             self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
         self.queue = QueuePool(queue_size, proj_output_dim)
         self._pending_keys: Tensor | None = None
+        self._ema_step = -1  # global step of the last EMA update
 
     def _online(self) -> nn.Module:
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""
@@ -155,11 +156,18 @@ class MoCo(ContrastiveMethod):
             self._pending_keys = None
 
     def momentum_update(self) -> float:
-        """EMA step of the key encoder towards the online encoder; returns the m used."""
+        """EMA step of the key encoder towards the online encoder; returns the m used.
+
+        Under a trainer it steps once per optimiser step: with gradient accumulation the later micro-batches
+        of a step find the online weights unchanged and skip it (else m would act as m^accumulation).
+        """
         trainer = self._trainer
         total = trainer.estimated_stepping_batches if trainer is not None else 0
         total = int(total) if math.isfinite(total) else 0
         momentum = self.key_encoder.momentum_at(self.global_step, total)
+        if trainer is not None and self._ema_step == self.global_step:
+            return momentum
+        self._ema_step = self.global_step
         self.key_encoder.update(self._online(), momentum)
         return momentum
 

@@ -1,8 +1,10 @@
 import json
+import math
 import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -124,6 +126,31 @@ def test_step_order_ema_then_keys_then_loss_then_enqueue():
     assert model.queue.ptr.item() == B
     model.after_optimizer_step()  # nothing pending: no second enqueue
     assert model.queue.ptr.item() == B
+
+
+def test_ema_steps_once_per_optimiser_step_with_its_schedule():
+    model = make(momentum=0.9, momentum_schedule="cosine")
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=5)  # halfway
+    with torch.no_grad():
+        for p in model.backbone.parameters():
+            p.add_(1.0)
+
+    def gap() -> float:
+        return sum(
+            (k - q).abs().sum().item()
+            for k, q in zip(model.key_encoder.encoder[0].parameters(), model.backbone.parameters(), strict=True)
+        )
+
+    start = gap()
+    assert model.momentum_update() == pytest.approx(1 - 0.1 * (math.cos(math.pi / 2) + 1) / 2)  # 0.95
+    assert gap() == pytest.approx(0.95 * start, rel=1e-4)
+    model.momentum_update()  # a second micro-batch of the same optimiser step (gradient accumulation)
+    assert gap() == pytest.approx(0.95 * start, rel=1e-4)
+    model._trainer.global_step = 6
+    m6 = model.momentum_update()
+    assert m6 == pytest.approx(1 - 0.1 * (math.cos(0.6 * math.pi) + 1) / 2)
+    assert gap() == pytest.approx(0.95 * m6 * start, rel=1e-4)
+    model._trainer = None
 
 
 def test_symmetric_averages_both_directions_and_enqueues_both_key_sets():
@@ -301,3 +328,54 @@ def test_cli_mochi(tmp_path):
     summary = _summary(tmp_path)
     assert summary["method"] == "mochi" and summary["global_step"] == 3 and np.isfinite(summary["train_loss"])
     assert _ckpt(tmp_path)["state_dict"]["queue.ptr"].item() == 96  # the B keys of each step, no synthetic ones
+
+
+@pytest.mark.parametrize(
+    "experiment,expected",
+    [
+        (
+            "cifar10_moco",
+            {
+                "method.queue_size": 4096,
+                "method.momentum": 0.99,
+                "method.temperature": 0.1,
+                "data.batch_size": 512,
+                "optimizer.lr": 0.06,
+                "optimizer.weight_decay": 5e-4,
+                "backbone": "resnet18",
+            },
+        ),
+        (
+            "imagenet_moco",
+            {
+                "method.queue_size": 65536,
+                "method.momentum": 0.999,
+                "method.temperature": 0.2,
+                "optimizer.lr": 0.03,
+                "optimizer.weight_decay": 1e-4,
+                "trainer.max_epochs": 200,
+                "backbone": "resnet50",
+            },
+        ),
+        ("imagenet100_moco", {"method.name": "moco", "data.name": "imagefolder", "backbone": "resnet50"}),
+        (
+            "imagenet100_mochi",
+            {
+                "method.name": "mochi",
+                "method.n_hard": 1024,
+                "method.s": 512,
+                "method.s_prime": 256,
+                "method.temperature": 0.2,
+            },
+        ),
+    ],
+)
+def test_experiment_configs_hold_the_published_recipes(experiment, expected):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", [f"experiment={experiment}"])
+    assert cfg.optimizer.name == "sgd" and cfg.trainer.max_epochs >= 200
+    for key, value in expected.items():
+        assert OmegaConf.select(cfg, key) == value, key
