@@ -81,6 +81,18 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
     return model
 
 
+def apply_speed_options(cfg: DictConfig, model: ContrastiveMethod) -> None:
+    """``channels_last`` (weights and images in channels-last memory format) and ``compile`` (torch.compile
+    of the backbone; skipped with a warning where unsupported). Both default to false."""
+    options = {key: cfg.get(key, False) for key in ("channels_last", "compile")}
+    for key, value in options.items():
+        check(isinstance(value, bool), f"{key} must be true or false, got {value!r}")
+    if options["channels_last"]:
+        model.use_channels_last()
+    if options["compile"]:
+        model.compile_backbone()
+
+
 def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
     """The checkpoint to resume from: None, a path, or ``auto`` (newest checkpoint of ``run_dir``)."""
     if resume in (None, "", "null"):
@@ -111,6 +123,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.eval_transform = EvalTransform(data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
+    apply_speed_options(cfg, model)
     resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
 
     every = cfg.checkpoint.every_n_epochs

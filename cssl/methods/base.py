@@ -7,6 +7,7 @@ A method subclasses :class:`ContrastiveMethod` and implements :meth:`contrastive
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import pytorch_lightning as pl
@@ -54,12 +55,36 @@ class ContrastiveMethod(pl.LightningModule):
         self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
         self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
         self.probe = nn.Linear(self.num_features, num_classes)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        # validate_args=False: the argument checks read tensor values on the host (a device sync every step)
+        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
         self._val_feats: dict[int, list[Tensor]] = {0: [], 1: []}
         self._val_labels: dict[int, list[Tensor]] = {0: [], 1: []}
         self.last_validated_step = -1
         self.meta: dict[str, Any] = {}  # plain data saved as checkpoint["cssl"] (how to rebuild the backbone)
+        self.channels_last = False
+
+    # -- speed options (top-level config keys channels_last and compile) ------------------------------
+    def use_channels_last(self) -> None:
+        """Weights (here) and input images (in each step) in the channels-last memory format."""
+        self.channels_last = True
+        self.to(memory_format=torch.channels_last)
+
+    def compile_backbone(self) -> bool:
+        """``torch.compile`` the backbone in place (state-dict keys unchanged); returns whether it did.
+
+        Where compilation is unsupported (no C++ compiler or Triton, an unsupported platform) it warns and
+        leaves the backbone eager. A copy made before this call (a momentum key encoder) stays eager.
+        """
+        reason = compile_unsupported()
+        if reason is not None:
+            warnings.warn(f"compile=true skipped: torch.compile is unsupported here ({reason})", stacklevel=2)
+            return False
+        self.backbone.compile()
+        return True
+
+    def _images(self, x: Tensor) -> Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.dim() == 4 else x
 
     # -- what a method implements -------------------------------------------------------------------
     def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -87,12 +112,12 @@ class ContrastiveMethod(pl.LightningModule):
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
         views, y = batch
-        loss, feats, extra = self.contrastive_step(views)
+        loss, feats, extra = self.contrastive_step([self._images(v) for v in views])
         logits = self.probe(feats.detach())
         # mean over labelled rows (label -1 = unlabelled), without a host sync on the label count
         labelled = (y >= 0).sum().clamp(min=1)
         probe_loss = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / labelled
-        self.train_acc(logits, y)
+        self.train_acc.update(logits, y)  # no per-step value (forward would compute one): epoch-level metric
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/probe_loss", probe_loss)
         self.log("train/online_top1", self.train_acc, on_step=False, on_epoch=True)
@@ -110,7 +135,7 @@ class ContrastiveMethod(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch
-        feats = self.backbone(x)
+        feats = self.backbone(self._images(x))
         if dataloader_idx == 1:
             self.val_acc(self.probe(feats), y)
             self.log("val/online_top1", self.val_acc, on_epoch=True, add_dataloader_idx=False)
@@ -140,3 +165,13 @@ class ContrastiveMethod(pl.LightningModule):
         groups = param_groups(self.ssl_modules(), self.optim.weight_decay, self.optim.exclude_bias_norm)
         groups.append({"params": list(self.probe.parameters()), "weight_decay": 0.0, "lr": self.probe_lr})
         return configure_schedule(self.trainer, build_optimizer(groups, self.optim, lr), self.optim)
+
+
+def compile_unsupported() -> str | None:
+    """None if ``torch.compile`` compiles and runs a small function here, else the reason (one line)."""
+    try:
+        fn = torch.compile(lambda x: torch.relu(x) * 2 + 1, dynamic=False)
+        fn(torch.ones(4))
+    except Exception as err:  # the backend's failure modes vary (missing compiler, Triton, platform)
+        return f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:200]
+    return None
