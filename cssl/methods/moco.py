@@ -14,6 +14,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pytorch_lightning.accelerators import CPUAccelerator
 from torch import Tensor
 
 from cssl import distributed
@@ -127,6 +128,13 @@ class MoCo(ContrastiveMethod):
         self.queue = QueuePool(queue_size, proj_output_dim)
         self._pending_keys: Tensor | None = None
         self._ema_step = -1  # global step of the last EMA update
+
+    def setup(self, stage: str) -> None:
+        on_cpu = isinstance(self.trainer.accelerator, CPUAccelerator)
+        check(
+            not (self.key_bn == "sync" and on_cpu and self.trainer.world_size > 1),
+            "method.key_bn=sync needs GPUs (SyncBatchNorm has no CPU kernel); use method.key_bn=shuffle",
+        )
 
     def _online(self) -> nn.Module:
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""

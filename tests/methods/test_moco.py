@@ -206,6 +206,18 @@ def test_sync_key_bn_converts_only_the_key_encoder():
     assert not any(isinstance(m, nn.SyncBatchNorm) for m in model.backbone.modules())
 
 
+def test_sync_key_bn_is_refused_on_cpu_processes():
+    from pytorch_lightning.accelerators import CPUAccelerator
+
+    model = make(key_bn="sync")
+    model._trainer = SimpleNamespace(world_size=2, accelerator=CPUAccelerator())
+    with pytest.raises(ConfigError, match="method.key_bn=sync"):
+        model.setup("fit")
+    model._trainer.world_size = 1
+    model.setup("fit")  # one process: plain BN, allowed
+    model._trainer = None
+
+
 # -- MoChi -----------------------------------------------------------------------------------------------
 def test_mochi_with_nothing_to_mix_equals_moco():
     moco, mochi = make(), make(MoChi, n_hard=5, s=0, s_prime=0, mochi_warmup_epochs=0)
