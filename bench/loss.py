@@ -152,7 +152,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="small sizes, few repeats (smoke test)")
     args = parser.parse_args(argv)
     if args.quick:
-        args.sizes, args.repeats = [64, 256], 2
+        args.sizes, args.repeats = [64, 128], 1
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), D={args.dim}, t={TEMPERATURE}, ")
     print(f"median of {args.repeats} forward+backward runs; saved = bytes autograd keeps for backward")

@@ -1,0 +1,40 @@
+"""The bench scripts' --quick modes run and print their tables (timings are printed, never asserted)."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from tests.conftest import REPO
+
+
+def run_quick(script: str, capsys, *extra: str) -> str:
+    spec = importlib.util.spec_from_file_location(f"bench_{script}", REPO / "bench" / f"{script}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    module.main(["--quick", *extra])
+    return capsys.readouterr().out
+
+
+def test_loss_bench_quick(capsys):
+    out = run_quick("loss", capsys)
+    rows = [line.split() for line in out.splitlines() if line.split()[:1] in (["64"], ["128"])]
+    impls = {row[1] for row in rows}
+    assert {"floor", "naive", "lightly", "cssl/infonce", "cssl/dcl", "cssl/hcl"} <= impls
+    # the printed infonce loss equals the textbook implementation's
+    for views in ("64", "128"):
+        loss = {row[1]: row[-1] for row in rows if row[0] == views}
+        assert loss["cssl/infonce"] == loss["naive"]
+
+
+def test_pools_bench_quick(capsys):
+    out = run_quick("pools", capsys)
+    for part in ("ResNet-18 fwd+bwd", "queue enqueue", "MoChi mixing", "AdCo bank", "queue + MoChi"):
+        assert part in out
+
+
+def test_throughput_bench_quick(capsys):
+    methods = ["simclr", "mochi"]  # the in-batch and the queue family; the full loop is the script's default
+    out = run_quick("throughput", capsys, "--methods", *methods)
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
+    assert set(methods) <= set(rows)
+    assert all(float(v) > 0 for name in methods for v in rows[name])
