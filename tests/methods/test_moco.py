@@ -279,7 +279,7 @@ QUICK = (
     "logger=none",
     "trainer.progress_bar=false",
     "data.batch_size=32",
-    "data.bank_limit=256",
+    "trainer.limit_val_batches=1",
     "method.queue_size=100",
 )
 
