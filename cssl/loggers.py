@@ -3,10 +3,12 @@ CSV, or none."""
 
 from __future__ import annotations
 
+import math
 import netrc
 import os
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +140,50 @@ def _wandb_settings() -> Any:
     import wandb
 
     return wandb.Settings(init_timeout=60, console="off")
+
+
+def run_group(group: Any, *, method: str, data: str, sweep: str | None = None) -> str:
+    """The W&B group of a run: ``group`` when set, else the Hydra multirun's name (``sweep``), else
+    ``<method>_<data>``, so runs that belong together compare side by side."""
+    if group not in (None, ""):
+        if not isinstance(group, str | int | float) or isinstance(group, bool):
+            raise ConfigError(f"logger.group must be a string or null, got {group!r}")
+        return str(group)
+    return sweep if sweep else f"{method}_{data}"
+
+
+def run_tags(tags: Any, *, method: str, estimator: str | None, data: str) -> list[str]:
+    """``tags`` followed by ``method=...``, ``estimator=...`` and ``data=...`` (each once, order kept)."""
+    tags = [] if tags is None else list(tags) if isinstance(tags, list | tuple) else tags
+    if not isinstance(tags, list) or not all(isinstance(t, str) and t for t in tags):
+        raise ConfigError(f"logger.tags must be a list of non-empty strings, e.g. logger.tags=[a,b], got {tags!r}")
+    auto = [f"method={method}", f"data={data}"] + ([f"estimator={estimator}"] if estimator else [])
+    return list(dict.fromkeys([*tags, *auto]))
+
+
+def multirun_name() -> str | None:
+    """Under a Hydra multirun (``-m``): the sweep folder's name, prefixed ``multirun_`` when the folder is
+    the default ``runs/multirun/<time>``; None for a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        hydra = HydraConfig.get()
+    except (ImportError, ValueError):
+        return None
+    if hydra.mode != RunMode.MULTIRUN:
+        return None
+    folder = Path(str(hydra.sweep.dir))
+    return f"{folder.parent.name}_{folder.name}" if folder.parent.name == "multirun" else folder.name
+
+
+def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
+    """The scalar entries of a Lightning ``callback_metrics`` mapping as floats (non-finite -> None)."""
+    out: dict[str, float | None] = {}
+    for name, value in metrics.items():
+        try:
+            number = float(value.item() if hasattr(value, "item") else value)
+        except (TypeError, ValueError, RuntimeError):  # not a scalar: skipped
+            continue
+        out[str(name)] = number if math.isfinite(number) else None
+    return dict(sorted(out.items()))

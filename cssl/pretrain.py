@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig
+from omegaconf import DictConfig, open_dict
 
-from cssl import app
+from cssl import app, loggers
 from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
@@ -110,6 +110,18 @@ def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
     return str(path)
 
 
+def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]]:
+    """Resolve ``logger.group`` (default: the multirun's name, else ``<method>_<data>``) and ``logger.tags``
+    (plus method, estimator and data tags) in ``cfg``, so the logger and config.yaml record them."""
+    method, data = model.meta["method"], str(cfg.data.name)
+    group = loggers.run_group(cfg.logger.get("group"), method=method, data=data, sweep=loggers.multirun_name())
+    estimator = getattr(model, "estimator", None)
+    tags = loggers.run_tags(app.plain(cfg.logger).get("tags"), method=method, estimator=estimator, data=data)
+    with open_dict(cfg.logger):
+        cfg.logger.group, cfg.logger.tags = group, tags
+    return group, tags
+
+
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
     start = time.time()
@@ -138,12 +150,15 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         save_on_train_epoch_end=True,
     )
     throughput = app.Throughput(data.batch_size)
+    group, tags = label_run(cfg, model)
     trainer = app.build_trainer(cfg, run_dir, callbacks=[checkpoints, RNGState(), throughput], logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
     trainer.fit(model, datamodule=data, ckpt_path=resume)
     train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
+    final_metrics = loggers.scalar_metrics(trainer.callback_metrics)  # train/... and neg/... of the last step
     if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights
         trainer.validate(model, datamodule=data, verbose=False)
+        final_metrics.update(loggers.scalar_metrics(trainer.callback_metrics))
 
     summary = {
         "method": model.meta["method"],
@@ -161,6 +176,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "seed": int(cfg.seed),
         "run_dir": str(run_dir),
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
+        "group": group,
+        "tags": tags,
+        "metrics": final_metrics,
     }
     app.write_summary(run_dir, summary)
     return summary
