@@ -45,7 +45,10 @@ ALIASES = {
 #: Accuracies plotted against each varied key, when runs have them.
 PLOTTED = ("knn_top1", "online_top1", "linear_top1")
 #: Column order of the known metrics; other metrics follow in name order, then the timing columns.
-LEADING = ("knn_top1", "online_top1", "linear_top1", "linear_top5", "eval_knn_top1", "eval_knn_top5", "train_loss")
+LEADING = (
+    *("knn_top1", "online_top1", "linear_top1", "linear_top5", "eval_knn_top1", "eval_knn_top5"),
+    *("train_loss", "train_online_top1"),
+)
 TRAILING = ("images_per_second", "wall_seconds")
 #: W&B summary keys that are not final metrics.
 WANDB_BOOKKEEPING = ("epoch", "trainer/global_step")
@@ -436,7 +439,7 @@ def write_markdown(report: Report, path: Path, *, title: str, sources: Sequence[
     best = {}
     for column in report.columns:
         means = [row.stats[column][0] for row in report.rows if column in row.stats]
-        if "top" in column and len(means) > 1:
+        if "top" in column and len(set(means)) > 1:
             best[column] = max(means)
     lines = [f"# {title}", ""]
     lines.append(

@@ -1,0 +1,291 @@
+"""python -m cssl.report on fabricated run dirs (two methods x two seeds, linear evaluations joined by
+checkpoint path), its one-line errors, a mocked W&B group, and a real two-job Hydra multirun."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cssl import report
+from cssl.errors import ConfigError
+from tests.conftest import REPO, cli_env, run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+# (method, estimator, tau_plus, seed) -> (knn_top1, online_top1, train_loss, neg/pos_sim)
+RUNS = {
+    ("simclr", "infonce", 0.0, 0): (0.70, 0.50, 4.0, 0.9),
+    ("simclr", "infonce", 0.0, 1): (0.80, 0.60, 3.0, 0.7),
+    ("dcl", "dcl", 0.1, 0): (0.75, 0.40, 2.0, 0.6),
+    ("dcl", "dcl", 0.1, 1): (0.95, 0.30, 1.0, 0.5),
+}
+
+
+def write_run(folder: Path, *, method: str, estimator: str, tau_plus: float, seed: int, values: tuple) -> Path:
+    """A pretraining run dir as train.py writes it (summary.json + config.yaml), by hand."""
+    knn, online, loss, pos_sim = values
+    folder.mkdir(parents=True)
+    config = {
+        "method": {"name": method, "estimator": estimator, "temperature": 0.5, "tau_plus": tau_plus},
+        "data": {"name": "digits", "batch_size": 256, "root": f"/data/{seed}", "augment": {"crop_scale": [0.2, 1.0]}},
+        "backbone": "resnet18",
+        "seed": seed,
+        "run_dir": f"runs/{method}_digits/2025-01-0{seed + 1}_10-00-00",
+        "logger": {"name": "none", "group": f"{method}_digits", "tags": [f"method={method}"]},
+    }
+    summary = {
+        "method": method,
+        "estimator": estimator,
+        "data": "digits",
+        "backbone": "resnet18",
+        "global_step": 100,
+        "epochs": 1,
+        "train_loss": loss,
+        "online_top1": online,
+        "knn_top1": knn,
+        "train_online_top1": 0.5,
+        "images_per_second": 100.0,
+        "wall_seconds": 10.0,
+        "seed": seed,
+        "run_dir": str(folder),
+        "checkpoint": str(folder / "checkpoints" / "last.ckpt"),
+        "group": f"{method}_digits",
+        "tags": [f"method={method}"],
+        "metrics": {"train/loss": loss, "val/knn_top1": knn, "val/online_top1": online, "neg/pos_sim": pos_sim},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    (folder / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def write_linear(folder: Path, checkpoint: str, top1: float, mode: str = "linear") -> None:
+    folder.mkdir(parents=True)
+    summary = {"mode": mode, "top1": top1, "top5": 1.0, "epochs": 1, "checkpoint": checkpoint, "method": "simclr"}
+    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "config.yaml").write_text(yaml.safe_dump({"mode": mode, "ckpt": checkpoint, "seed": 0}))
+
+
+@pytest.fixture
+def runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Four pretraining runs under runs/, two linear evaluations of the simclr runs under evals/ (one with
+    an absolute checkpoint path, one relative to the working directory)."""
+    monkeypatch.chdir(tmp_path)
+    for (method, estimator, tau_plus, seed), values in RUNS.items():
+        write_run(
+            tmp_path / "runs" / f"{method}_s{seed}",
+            method=method,
+            estimator=estimator,
+            tau_plus=tau_plus,
+            seed=seed,
+            values=values,
+        )
+    write_linear(tmp_path / "evals" / "a", str(tmp_path / "runs/simclr_s0/checkpoints/last.ckpt"), 0.82)
+    write_linear(tmp_path / "evals" / "b", "runs/simclr_s1/checkpoints/epoch0001.ckpt", 0.88)
+    return tmp_path
+
+
+def mean_std(a: float, b: float) -> tuple[float, float]:
+    return (a + b) / 2, abs(a - b) / math.sqrt(2)  # sample std of two values
+
+
+def test_report_table_csv_and_plots(runs: Path, capsys: pytest.CaptureFixture) -> None:
+    written = report.main(["runs", "evals", "--out", "out", "--name", "abl"])
+    assert {p.name for p in written} == {"abl.md", "abl.csv", "abl_method.name.png"}
+    assert (runs / "out" / "abl_method.name.png").read_bytes()[:8] == PNG
+
+    with (runs / "out" / "abl.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    # method.name varies; estimator and tau_plus follow from it; seed, run_dir, data.root, logger.* are ignored
+    assert list(rows[0])[:4] == ["method.name", "method.estimator", "method.tau_plus", "seeds"]
+    assert [r["method.name"] for r in rows] == ["dcl", "simclr"]  # sorted by the varied key
+    assert [r["seeds"] for r in rows] == ["2", "2"]
+    for row, method in zip(rows, ("dcl", "simclr"), strict=True):
+        (_, _, tau, _), *_ = [k for k in RUNS if k[0] == method]
+        assert float(row["method.tau_plus"]) == tau
+        for column, index in (("knn_top1", 0), ("online_top1", 1), ("train_loss", 2), ("neg/pos_sim", 3)):
+            a, b = (v[index] for k, v in RUNS.items() if k[0] == method)
+            mean, std = mean_std(a, b)
+            assert float(row[f"{column}_mean"]) == pytest.approx(mean)
+            assert float(row[f"{column}_std"]) == pytest.approx(std)
+        assert row["seed_list"] == "0 1"
+    # linear evaluations joined to the simclr runs (absolute and cwd-relative checkpoint paths)
+    mean, std = mean_std(0.82, 0.88)
+    assert float(rows[1]["linear_top1_mean"]) == pytest.approx(mean)
+    assert float(rows[1]["linear_top1_std"]) == pytest.approx(std)
+    assert rows[0]["linear_top1_mean"] == ""
+    assert "val/knn_top1_mean" not in rows[0]  # the summary's knn_top1 already is that metric
+
+    md = (runs / "out" / "abl.md").read_text()
+    assert "4 pretraining runs in 2 rows, 2 linear evaluations joined" in md
+    header = (
+        "| method.name | seeds | knn_top1 | online_top1 | linear_top1 | linear_top5 | train_loss | train_online_top1 |"
+    )
+    assert header + " neg/pos_sim | images_per_second | wall_seconds |" in md
+    assert "**0.5000" not in md  # equal means: no best
+    dcl_knn = "**{:.4f} ± {:.4f}**".format(*mean_std(0.75, 0.95))  # best kNN accuracy in bold
+    assert f"| dcl | 2 | {dcl_knn} |" in md
+    assert "`method.estimator`, `method.tau_plus`" in md  # listed as following from method.name
+    assert "![abl_method.name](abl_method.name.png)" in md
+    assert "neg/pos_sim" in capsys.readouterr().out  # the table is printed too
+
+
+def test_report_numeric_key_sorted_and_plotted(tmp_path: Path) -> None:
+    for i, batch in enumerate((128, 16, 64)):
+        folder = write_run(
+            tmp_path / f"b{batch}",
+            method="simclr",
+            estimator="infonce",
+            tau_plus=0.0,
+            seed=0,
+            values=(i / 10, 0.1, 1.0, 0.2),
+        )
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["data"]["batch_size"] = batch
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    result = report.build_report(report.load_local([tmp_path]))
+    assert result.varied == ["data.batch_size"] and result.plotted == ["data.batch_size"]
+    assert [row.values["data.batch_size"] for row in result.rows] == [16, 64, 128]  # numeric, not text order
+    assert [row.stats["knn_top1"][0] for row in result.rows] == [0.1, 0.2, 0.0]
+    assert all(row.stats["knn_top1"][1] is None for row in result.rows)  # one seed: no std
+    written = report.write_report(result, tmp_path / "out", "bs", ["x"])
+    assert (tmp_path / "out" / "bs_data.batch_size.png").read_bytes()[:8] == PNG and len(written) == 3
+
+
+def test_independent_keys_and_bookkeeping() -> None:
+    def run(**config: object) -> report.Run:
+        return report.Run("r", dict(config), {})
+
+    runs = [
+        run(
+            **{
+                "method.name": "simclr",
+                "method.estimator": e,
+                "method.temperature": 0.2,
+                "trainer.limit_val_batches": 1,
+            }
+        )
+        for e in ("infonce", "dcl")
+    ] + [run(**{"method.name": "adco", "method.estimator": "dcl", "method.temperature": 0.12, "method.bank_size": 64})]
+    runs[0].config["trainer.limit_val_batches"] = 1.0  # 1 batch is not 100% of the batches
+    runs[1].config["checkpoint.every_n_epochs"] = 3
+    runs[2].config["run_dir"] = "runs/multirun/2025-01-01_10-00-00/2"
+    keys = report.varied_keys(runs)
+    assert keys == [
+        "method.name",
+        "method.estimator",
+        "method.temperature",
+        "trainer.limit_val_batches",
+        "method.bank_size",
+    ]
+    # temperature and bank_size follow from the method; estimator does not; limit_val_batches neither
+    assert report.independent_keys(runs, keys) == ["method.name", "method.estimator", "trainer.limit_val_batches"]
+
+
+def test_empty_folder_is_a_one_line_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "cssl.report", str(tmp_path)], cwd=REPO, env=cli_env(), capture_output=True, text=True
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: no runs found under {tmp_path} (looked for summary.json)"
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]"])
+def test_unreadable_summary_is_a_one_line_error(tmp_path: Path, content: str) -> None:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "summary.json").write_text(content)
+    with pytest.raises(ConfigError, match=r"cannot read .*summary.json") as err:
+        report.main([str(tmp_path)])
+    assert "\n" not in str(err.value)
+
+
+def test_only_evaluations_or_no_argument_are_errors(tmp_path: Path) -> None:
+    write_linear(tmp_path / "eval", "x/checkpoints/last.ckpt", 0.5)
+    with pytest.raises(ConfigError, match="no pretraining runs"):
+        report.main([str(tmp_path)])
+    with pytest.raises(ConfigError, match="--wandb-group"):
+        report.main([])
+
+
+def test_wandb_group_without_network_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_BASE_URL", "http://127.0.0.1:9")  # nothing listens on the discard port
+    with pytest.raises(ConfigError, match=r"^--wandb-group: cannot reach W&B at http://127.0.0.1:9") as err:
+        report.main(["--wandb-group", "g"])
+    assert "\n" not in str(err.value)
+
+
+def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    class FakeRun:
+        def __init__(self, method: str, seed: int, knn: float, state: str = "finished") -> None:
+            self.state, self.path = state, ["me", "cssl", f"{method}{seed}"]
+            self.config = {"method": {"name": method}, "seed": seed, "run_dir": f"runs/{method}/{seed}", "_wandb": {}}
+            self.summary_metrics = {"val/knn_top1": knn, "neg/w": 2.0, "_step": 9, "epoch": 1, "media": {"a": 1}}
+
+    class FakeApi:
+        queries: list = []
+
+        def __init__(self, timeout: int) -> None:
+            pass
+
+        def runs(self, path: str, filters: dict) -> list:
+            FakeApi.queries.append((path, filters))
+            return [FakeRun("a", 0, 0.5), FakeRun("a", 1, 0.7), FakeRun("b", 0, 0.9), FakeRun("b", 1, 0.0, "crashed")]
+
+    import wandb
+
+    monkeypatch.setattr("cssl.loggers._reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr(wandb, "Api", FakeApi)
+    report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w"])
+    assert FakeApi.queries == [("me/cssl", {"group": "sweep_x"})]
+    with (tmp_path / "w.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["method.name"], r["seeds"]) for r in rows] == [("a", "2"), ("b", "1")]  # crashed run left out
+    assert float(rows[0]["knn_top1_mean"]) == pytest.approx(0.6)
+    assert float(rows[0]["knn_top1_std"]) == pytest.approx(0.2 / math.sqrt(2))
+    assert rows[0]["neg/w_mean"] == "2.0" and "_step_mean" not in rows[0] and "epoch_mean" not in rows[0]
+
+
+def test_multirun_writes_one_run_dir_per_job_and_the_report_reads_them(tmp_path: Path) -> None:
+    sweep = tmp_path / "multirun" / "abl"
+    proc = run_cli(
+        "train.py",
+        "-m",
+        "method=simclr,dcl",
+        "trainer.max_steps=1",
+        "logger=none",
+        "data.batch_size=16",
+        "method.proj_hidden_dim=64",
+        "trainer.progress_bar=false",
+        "trainer.limit_val_batches=1",
+        "data.bank_limit=64",
+        f"hydra.sweep.dir={sweep}",
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    summaries = [json.loads((sweep / str(i) / "summary.json").read_text()) for i in (0, 1)]
+    assert [s["method"] for s in summaries] == ["simclr", "dcl"]
+    assert {s["group"] for s in summaries} == {"multirun_abl"}  # one group for the whole multirun
+    assert summaries[1]["tags"] == ["method=dcl", "data=digits", "estimator=dcl"]
+    for s in summaries:
+        metrics = s["metrics"]
+        assert metrics["val/knn_top1"] == s["knn_top1"] and metrics["train/loss"] == s["train_loss"]
+        assert "train/probe_loss" in metrics
+    config = yaml.safe_load((sweep / "1" / "config.yaml").read_text())
+    assert config["logger"]["group"] == "multirun_abl" and "estimator=dcl" in config["logger"]["tags"]
+
+    result = report.build_report(report.load_local([sweep]))
+    assert [row.values["method.name"] for row in result.rows] == ["dcl", "simclr"]
+    assert result.plotted == ["method.name"]
+    assert result.rows[0].stats["knn_top1"][0] == summaries[1]["knn_top1"]
+
+
+def test_same_dir_matches_paths_from_another_working_directory() -> None:
+    assert report._same_dir(Path("runs/a/b"), "/elsewhere/runs/a/b")
+    assert report._same_dir(Path("/elsewhere/runs/a/b"), "runs/a/b")
+    assert not report._same_dir(Path("b"), "/elsewhere/b")  # one component is too ambiguous
+    assert not report._same_dir(Path("/x/runs/a/c"), "/x/runs/a/b")
+    assert report._owner("/x/run/checkpoints/last.ckpt") == Path("/x/run")
+    assert report._owner("/x/run") == Path("/x/run")
