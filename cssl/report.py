@@ -389,11 +389,13 @@ def build_report(runs: Sequence[Run]) -> Report:
 
 
 # -- output ---------------------------------------------------------------------------------------------
-def fmt(value: float) -> str:
-    """A metric value to four decimals (three significant digits when very large or small)."""
-    if value != 0 and (abs(value) >= 1e4 or abs(value) < 1e-3):
+def fmt(value: float, like: float | None = None) -> str:
+    """A metric value with the precision its size (or that of ``like``, the mean of a std) calls for:
+    four decimals, one from 100 up, three significant digits when very large or small."""
+    size = abs(value if like is None else like)
+    if size != 0 and (size >= 1e5 or size < 1e-3):
         return f"{value:.3g}"
-    return f"{value:.4f}"
+    return f"{value:.1f}" if size >= 100 else f"{value:.4f}"
 
 
 def _show(value: Any) -> str:
@@ -406,7 +408,7 @@ def _cell(stat: tuple[float, float | None, int] | None) -> str:
     if stat is None:
         return ""
     mean, std, _ = stat
-    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std)}"
+    return fmt(mean) if std is None else f"{fmt(mean)} ± {fmt(std, like=mean)}"
 
 
 COLUMN_HELP = {
@@ -495,6 +497,11 @@ def write_csv(report: Report, path: Path) -> None:
             writer.writerow(cells)
 
 
+def _short(key: str) -> str:
+    """A legend name for a key: ``method.name`` -> ``method``, ``method.tau_plus`` -> ``tau_plus``."""
+    return key[: -len(".name")] if key.endswith(".name") else key.rsplit(".", 1)[-1]
+
+
 def plot_key(report: Report, key: str, path: Path) -> bool:
     """Accuracies against ``key``: one panel per accuracy, one series per combination of the other
     independent keys; a line for numeric values, grouped bars otherwise; error bars = std over seeds."""
@@ -519,7 +526,7 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
     width = 0.8 / max(len(series), 1)
     for ax, metric in zip(axes[0], metrics, strict=True):
         for j, combo in enumerate(series):
-            label = ", ".join(f"{k.rsplit('.', 1)[-1]}={_show(v)}" for k, v in zip(others, combos[combo], strict=True))
+            label = ", ".join(f"{_short(k)}={_show(v)}" for k, v in zip(others, combos[combo], strict=True))
             points = []
             for i, x in enumerate(xs):
                 members = [
