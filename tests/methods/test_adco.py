@@ -259,7 +259,7 @@ def test_cli_runs_with_and_without_multicrop_and_resumes_the_bank_exactly(tmp_pa
         assert torch.equal(a[key], b[key]), key
 
 
-def test_cli_rejects_a_bad_bank_value_in_one_line():
-    proc = run_cli("train.py", "method=adco", "logger=none", "method.mem_t=0")
+def test_cli_rejects_a_bad_bank_value_in_one_line(tmp_path):
+    proc = run_cli("train.py", "method=adco", "logger=none", "method.mem_t=0", f"run_dir={tmp_path}")
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "method.mem_t" in proc.stderr
