@@ -67,13 +67,15 @@ def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
 
 
 def find_checkpoint(path: Path) -> Path:
-    """A .ckpt file as given, or the newest checkpoint of a run dir (``last.ckpt`` first)."""
+    """A .ckpt file as given, or the newest checkpoint of a run dir (``last.ckpt`` on a tie).
+
+    Newest by modification time, so a ``last-v1.ckpt`` that Lightning wrote beside an older ``last.ckpt``
+    (a run dir that was copied, then resumed) is found.
+    """
     path = Path(path)
     if path.is_dir():
         folder = path / "checkpoints" if (path / "checkpoints").is_dir() else path
-        if (folder / "last.ckpt").is_file():
-            return folder / "last.ckpt"
-        found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+        found = sorted(folder.glob("*.ckpt"), key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"))
         if not found:
             raise ConfigError(f"no checkpoint in {folder}; pass a .ckpt file or the run_dir of a finished run")
         return found[-1]

@@ -24,15 +24,20 @@ def test_atomic_save_never_leaves_a_truncated_file(tmp_path, monkeypatch):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
 
 
-def test_find_checkpoint_prefers_last_then_newest(tmp_path):
+def test_find_checkpoint_takes_the_newest_and_last_on_a_tie(tmp_path):
+    import os
+
     folder = tmp_path / "checkpoints"
     folder.mkdir()
     with pytest.raises(ConfigError, match="no checkpoint"):
         find_checkpoint(tmp_path)
-    (folder / "epoch0000.ckpt").write_bytes(b"a")
-    assert find_checkpoint(tmp_path).name == "epoch0000.ckpt"
-    (folder / "last.ckpt").write_bytes(b"b")
+    for name, mtime in (("epoch0000.ckpt", 100), ("last.ckpt", 100)):
+        (folder / name).write_bytes(b"x")
+        os.utime(folder / name, (mtime, mtime))
     assert find_checkpoint(tmp_path).name == "last.ckpt"
+    (folder / "last-v1.ckpt").write_bytes(b"y")  # written by a resumed copy of the run dir
+    os.utime(folder / "last-v1.ckpt", (200, 200))
+    assert find_checkpoint(tmp_path).name == "last-v1.ckpt"
     assert find_checkpoint(folder / "epoch0000.ckpt").name == "epoch0000.ckpt"
 
 
