@@ -123,6 +123,7 @@ def build_logger(
     if resolved == "disabled":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
+    _finish_previous_run()
     return SafeWandbLogger(
         project=project,
         entity=entity,
@@ -134,6 +135,19 @@ def build_logger(
         config=config,
         settings=_wandb_settings(),
     )
+
+
+def _finish_previous_run() -> None:
+    """Close the W&B run a previous job of this process left open (a Hydra multirun runs its jobs in one
+    process): WandbLogger would otherwise log every job into the first job's run."""
+    import wandb
+
+    if wandb.run is None:
+        return
+    try:
+        wandb.finish()
+    except Exception as err:  # noqa: BLE001 - logging must never kill training
+        _warn(f"warning: could not close the previous W&B run ({type(err).__name__}: {err})")
 
 
 def _wandb_settings() -> Any:

@@ -4,6 +4,7 @@ checkpoint path), its one-line errors, a mocked W&B group, and a real two-job Hy
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -289,3 +290,22 @@ def test_same_dir_matches_paths_from_another_working_directory() -> None:
     assert not report._same_dir(Path("/x/runs/a/c"), "/x/runs/a/b")
     assert report._owner("/x/run/checkpoints/last.ckpt") == Path("/x/run")
     assert report._owner("/x/run") == Path("/x/run")
+
+
+def test_each_multirun_job_gets_its_own_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Jobs of a multirun share a process: a new logger must not reuse the previous job's W&B run."""
+    import wandb
+
+    from cssl.loggers import build_logger
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    ids, groups = [], []
+    for job in ("0", "1"):
+        logger = build_logger("wandb", tmp_path / job, group="multirun_x", tags=["method=simclr"], config={"job": job})
+        ids.append(logger.experiment.id)
+        groups.append(logger.experiment.group)
+    wandb.finish()
+    assert ids[0] != ids[1] and groups == ["multirun_x", "multirun_x"]
+    assert all(len(list((tmp_path / job / "wandb").glob("offline-run-*"))) == 1 for job in ("0", "1"))
