@@ -33,7 +33,7 @@ def negative_stats(
         ``neg/effective_negatives``, the mean over anchors of exp(entropy of the softmax of s/t over that
         anchor's negatives): N for uniform similarities, 1 when one negative dominates.
     """
-    neg = neg.double()
+    neg = neg.float()
     mask = torch.ones_like(neg, dtype=torch.bool) if neg_mask is None else neg_mask
     count = mask.sum()
     values = torch.where(mask, neg, torch.zeros_like(neg))
@@ -131,3 +131,49 @@ def false_negative_rate(feats: Tensor, labels: Tensor, k: int = 10) -> Tensor:
     k = min(k, z.shape[0] - 1)
     idx = sim.topk(k, dim=1).indices  # (N, k)
     return (labels[idx] == labels[:, None]).double().mean().float()
+
+
+@torch.no_grad()
+def step_diagnostics(
+    pos: Tensor,
+    neg: Tensor,
+    neg_mask: Tensor | None,
+    *,
+    temperature: float,
+    estimator: str,
+    tau_plus: float,
+    beta: float,
+    top_k: int = 5,
+) -> dict[str, Tensor]:
+    """Everything a training step logs about its negatives: :func:`negative_stats`, ``neg/alignment``
+    (from the positives: ||a - b||^2 = 2 - 2 cos for unit vectors), and for DCL/HCL ``neg/floor_fraction``
+    and (HCL) the importance-weight spread."""
+    logs = negative_stats(pos, neg, temperature, neg_mask, top_k)
+    logs["neg/alignment"] = (2 - 2 * pos.double()).mean().float()
+    if estimator != "infonce":
+        logs["neg/floor_fraction"] = floor_fraction(
+            pos, neg, temperature, estimator=estimator, tau_plus=tau_plus, beta=beta, neg_mask=neg_mask
+        )
+    if estimator == "hcl":
+        logs.update(importance_spread(neg, temperature, beta, neg_mask))
+    return logs
+
+
+def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_values: int = 100_000) -> None:
+    """Histograms of positive and negative similarities to W&B (other loggers: nothing)."""
+    from pytorch_lightning.loggers import WandbLogger
+
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    neg = neg.flatten()
+    if neg.numel() > max_values:
+        neg = neg[torch.randint(neg.numel(), (max_values,), device=neg.device)]
+    logger.log_metrics(
+        {
+            "neg/pos_sim_hist": wandb.Histogram(pos.float().cpu().numpy()),
+            "neg/neg_sim_hist": wandb.Histogram(neg.float().cpu().numpy()),
+        },
+        step=step,
+    )

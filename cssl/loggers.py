@@ -91,6 +91,9 @@ class SafeWandbLogger(WandbLogger):
     def after_save_checkpoint(self, checkpoint_callback: Any) -> None:
         self._guard(super().after_save_checkpoint, checkpoint_callback)
 
+    def log_image(self, *args: Any, **kwargs: Any) -> None:
+        self._guard(super().log_image, *args, **kwargs)
+
     def finalize(self, status: str) -> None:
         self._guard(super().finalize, status)
 

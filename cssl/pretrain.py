@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
 
 from cssl import app, loggers
@@ -14,6 +15,7 @@ from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
 from cssl.data.augment import EvalTransform
+from cssl.eval.embedding import embedding_map, log_image
 from cssl.errors import ConfigError, check
 from cssl.methods import method_class
 from cssl.methods.base import ContrastiveMethod
@@ -65,7 +67,9 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
     backbone = build_backbone(str(cfg.backbone), cifar_stem=cifar_stem, zero_init_residual=bool(cfg.zero_init_residual))
     try:
         optim = OptimSettings(**app.plain(cfg.optimizer))
-        model = cls(backbone, num_classes=num_classes, batch_size=batch_size, optim=optim, **options)
+        model = cls(
+            backbone, num_classes=num_classes, batch_size=batch_size, optim=optim, **diagnostics_options(cfg), **options
+        )
     except TypeError as err:
         raise ConfigError(f"method {name}: {err}") from None
     model.meta = {
@@ -79,6 +83,45 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
         "config": app.plain(cfg),
     }
     return model
+
+
+def diagnostics_options(cfg: DictConfig) -> dict[str, int]:
+    """Method arguments of ``cfg.diagnostics`` (its interval must coincide with Lightning's logging steps)."""
+    diag = cfg.diagnostics
+    every = diag.every_n_steps
+    app.check_int("diagnostics.every_n_steps", every, 0)
+    log_every = int(cfg.trainer.get("log_every_n_steps") or 50)
+    check(
+        every % log_every == 0,
+        f"diagnostics.every_n_steps={every} must be a multiple of trainer.log_every_n_steps={log_every} (or 0 to turn diagnostics off)",
+    )
+    return {
+        "diagnostics_every_n_steps": every,
+        "diagnostics_top_k": diag.top_k,
+        "false_negative_k": diag.false_negative_k,
+    }
+
+
+class EmbeddingMaps(pl.Callback):
+    """A 2-D map of the held-out embeddings every ``every_n_epochs`` validation epochs (run_dir/embeddings/)."""
+
+    def __init__(self, run_dir: Path, every_n_epochs: int) -> None:
+        self.run_dir, self.every_n_epochs = run_dir, every_n_epochs
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, model: ContrastiveMethod) -> None:
+        epoch = trainer.current_epoch + 1
+        if self.every_n_epochs > 0 and trainer.state.fn == "fit" and epoch % self.every_n_epochs == 0:
+            write_embedding_map(model, self.run_dir / "embeddings" / f"epoch{epoch:04d}.png", trainer.global_step)
+
+
+@rank_zero_only
+def write_embedding_map(model: ContrastiveMethod, path: Path, step: int) -> None:
+    if model.last_val_embedding is None:
+        return
+    feats, labels = model.last_val_embedding
+    title = f"{model.meta.get('method', '')} step {step}"
+    embedding_map(feats, labels, path, title=title)
+    log_image(model.logger, "val/embedding", path, step)
 
 
 def apply_speed_options(cfg: DictConfig, model: ContrastiveMethod) -> None:
@@ -132,7 +175,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
     data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
-    data.eval_transform = EvalTransform(data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    data.eval_transform = EvalTransform(
+        data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std
+    )
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
     apply_speed_options(cfg, model)
@@ -151,7 +196,11 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     )
     throughput = app.Throughput(data.batch_size)
     group, tags = label_run(cfg, model)
-    trainer = app.build_trainer(cfg, run_dir, callbacks=[checkpoints, RNGState(), throughput], logger_config=app.plain(cfg))
+    data.val_views = model.diagnostics_every_n_steps > 0
+    app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
+    maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
+    callbacks = [checkpoints, RNGState(), throughput, maps]
+    trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
     trainer.fit(model, datamodule=data, ckpt_path=resume)
     train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
@@ -159,6 +208,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights
         trainer.validate(model, datamodule=data, verbose=False)
         final_metrics.update(loggers.scalar_metrics(trainer.callback_metrics))
+    if cfg.diagnostics.embedding:
+        write_embedding_map(model, run_dir / "embedding.png", trainer.global_step)
 
     summary = {
         "method": model.meta["method"],
@@ -182,4 +233,3 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     }
     app.write_summary(run_dir, summary)
     return summary
-

@@ -118,6 +118,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.verify_checksums = verify_checksums
         self.pin_memory = pin_memory
         self.sets: dict[str, Dataset] = {}
+        self.val_views = False  # set by the entry point when validation diagnostics need view pairs
 
     # -- what subclasses provide -------------------------------------------------------------------
     def load(self) -> dict[str, Dataset]:
@@ -193,6 +194,9 @@ class ImageDataModule(pl.LightningDataModule):
         if training and self.train_transform is not None:
             return self.train_transform(x), y
         if self.eval_transform is not None:
+            if self.val_views and dataloader_idx == 1 and self.train_transform is not None:
+                # held-out images also as two training views: positive pairs for val/alignment
+                return self.eval_transform(x), y, self.train_transform(x)[:2]
             return self.eval_transform(x), y
         return batch
 

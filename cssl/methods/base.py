@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from cssl.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
 from cssl.errors import check, check_positive
 from cssl.eval.knn import knn_predict
 from cssl.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
@@ -32,6 +33,9 @@ class ContrastiveMethod(pl.LightningModule):
         optim: optimiser and schedule.
         probe_lr: learning rate of the online linear probe (trained on detached features, no weight decay).
         knn_k, knn_t: neighbours and temperature of the online kNN classifier.
+        diagnostics_every_n_steps: log negative-sampling diagnostics (``neg/...``) every this many steps
+            and validation diagnostics (``val/uniformity``, ...) at each validation; 0 turns them off.
+        diagnostics_top_k: k of the hardness measure; false_negative_k: k of the false-negative rate.
     """
 
     def __init__(
@@ -44,6 +48,9 @@ class ContrastiveMethod(pl.LightningModule):
         probe_lr: float = 0.1,
         knn_k: int = 20,
         knn_t: float = 0.07,
+        diagnostics_every_n_steps: int = 0,
+        diagnostics_top_k: int = 5,
+        false_negative_k: int = 10,
     ) -> None:
         super().__init__()
         check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
@@ -54,12 +61,24 @@ class ContrastiveMethod(pl.LightningModule):
         self.num_features: int = backbone.num_features
         self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
         self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
+        for name, value in (
+            ("every_n_steps", diagnostics_every_n_steps),
+            ("top_k", diagnostics_top_k),
+            ("false_negative_k", false_negative_k),
+        ):
+            check(
+                isinstance(value, int) and value >= (0 if name == "every_n_steps" else 1),
+                f"diagnostics.{name} must be a non-negative integer, got {value!r}",
+            )
+        self.diagnostics_every_n_steps, self.diagnostics_top_k = diagnostics_every_n_steps, diagnostics_top_k
+        self.false_negative_k = false_negative_k
+        self.last_val_embedding: tuple[Tensor, Tensor] | None = None
         self.probe = nn.Linear(self.num_features, num_classes)
         # validate_args=False: the argument checks read tensor values on the host (a device sync every step)
         self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1, validate_args=False)
         self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
-        self._val_feats: dict[int, list[Tensor]] = {0: [], 1: []}
-        self._val_labels: dict[int, list[Tensor]] = {0: [], 1: []}
+        self._val_feats: dict[int, list[Tensor]] = {0: [], 1: [], 2: []}  # 2: pairs of val views (alignment)
+        self._val_labels: dict[int, list[Tensor]] = {0: [], 1: [], 2: []}
         self.last_validated_step = -1
         self.meta: dict[str, Any] = {}  # plain data saved as checkpoint["cssl"] (how to rebuild the backbone)
         self.channels_last = False
@@ -103,6 +122,31 @@ class ContrastiveMethod(pl.LightningModule):
         """Modules trained by the main optimiser (not the probe)."""
         return [m for name, m in self.named_children() if name not in ("probe", "train_acc", "val_acc")]
 
+    def diagnose(self) -> bool:
+        """Whether this training step logs diagnostics (a Python check: no device synchronisation)."""
+        every = self.diagnostics_every_n_steps
+        # Lightning writes logged values when (step + 1) is a multiple of log_every_n_steps; align with it
+        return self.training and every > 0 and (self.global_step + 1) % every == 0
+
+    def negative_diagnostics(
+        self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None, *, beta: float | None = None
+    ) -> dict[str, Tensor]:
+        """``neg/...`` metrics of one step's (pos (B,), neg (B, M)) cosine similarities, and their histograms."""
+        pos, neg = pos.detach(), neg.detach()
+        beta = self.beta if beta is None else beta
+        logs = step_diagnostics(
+            pos,
+            neg,
+            neg_mask,
+            temperature=self.temperature,
+            estimator=self.estimator,
+            tau_plus=self.tau_plus,
+            beta=beta,
+            top_k=self.diagnostics_top_k,
+        )
+        log_histograms(self.logger, self.global_step, pos, neg if neg_mask is None else neg[neg_mask])
+        return logs
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cssl"] = self.meta
 
@@ -131,11 +175,15 @@ class ContrastiveMethod(pl.LightningModule):
     # -- validation: online probe on the held-out split, kNN against the labelled train split ----------
     def on_validation_epoch_start(self) -> None:
         for store in (self._val_feats, self._val_labels):
-            store[0].clear(), store[1].clear()
+            for values in store.values():
+                values.clear()
 
-    def validation_step(self, batch: tuple[Tensor, Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
-        x, y = batch
+    def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
+        x, y = batch[0], batch[1]
         feats = self.backbone(self._images(x))
+        if len(batch) == 3:  # two augmented views of held-out images, for val/alignment
+            v1, v2 = batch[2][:2]
+            self._val_feats[2].append(torch.stack([self.backbone(self._images(v1)), self.backbone(self._images(v2))]))
         if dataloader_idx == 1:
             self.val_acc(self.probe(feats), y)
             self.log("val/online_top1", self.val_acc, on_epoch=True, add_dataloader_idx=False)
@@ -153,6 +201,17 @@ class ContrastiveMethod(pl.LightningModule):
         scores = knn_predict(query, bank[keep], bank_y[keep], self.num_classes, k=self.knn_k, temperature=self.knn_t)
         top1 = (scores.argmax(1) == query_y).float().mean()
         self.log("val/knn_top1", top1, add_dataloader_idx=False)
+        self.last_val_embedding = (query.detach().cpu(), query_y.detach().cpu())
+        if self.diagnostics_every_n_steps > 0:
+            self.log("val/uniformity", uniformity(query), add_dataloader_idx=False)
+            self.log(
+                "val/false_negative_rate",
+                false_negative_rate(query, query_y, self.false_negative_k),
+                add_dataloader_idx=False,
+            )
+            if self._val_feats[2]:
+                pairs = self._gather_rows(torch.cat(self._val_feats[2], dim=1).transpose(0, 1)).transpose(0, 1)
+                self.log("val/alignment", alignment(pairs[0], pairs[1]), add_dataloader_idx=False)
 
     def _gather_rows(self, x: Tensor) -> Tensor:
         if self.trainer.world_size == 1:

@@ -211,16 +211,19 @@ class MoCo(ContrastiveMethod):
         return info_nce(pos, neg, self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=self.beta)
 
     def _diagnostics(self, pos: Tensor, neg: Tensor, momentum: float) -> dict[str, Tensor]:
+        """Every step: the momentum (when scheduled); every ``diagnostics.every_n_steps``: the standard
+        ``neg/...`` set over the real (queue) negatives, the queue's age, and MoChi's synthetic vs real."""
+        logs = {"train/momentum": torch.tensor(momentum)} if self.key_encoder.schedule != "constant" else {}
+        if not self.diagnose():
+            return logs
         k = self.queue.size
-        logs = {
-            "neg/pos_sim": pos.detach().mean(),
-            "neg/hardest_sim": neg[:, :k].detach().max(1).values.mean(),
-            "neg/queue_age_mean": self.queue.age.float().mean(),
-        }
-        if neg.shape[1] > k:
-            logs["neg/synthetic_sim"] = neg[:, k:].detach().mean()
-        if self.key_encoder.schedule != "constant":
-            logs["train/momentum"] = torch.tensor(momentum)
+        logs.update(self.negative_diagnostics(pos, neg[:, :k]))
+        age = self.queue.age.float()
+        logs["neg/queue_age_mean"], logs["neg/queue_age_max"] = age.mean(), age.max()
+        if neg.shape[1] > k:  # MoChi: similarity of the synthetic negatives vs the real ones
+            synthetic = neg[:, k:].detach().float()
+            logs["neg/synthetic_sim_mean"] = synthetic.mean()
+            logs["neg/synthetic_minus_real_sim"] = synthetic.mean() - logs["neg/neg_sim_mean"]
         return logs
 
 

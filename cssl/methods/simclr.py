@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cssl.contrastive import check_estimator, nt_xent
+from cssl.contrastive import check_estimator, in_batch_similarities, nt_xent
 from cssl.contrastive.estimators import annealed_beta
 from cssl.heads import mlp
 from cssl.methods.base import ContrastiveMethod
@@ -52,11 +52,15 @@ class SimCLR(ContrastiveMethod):
         z = self.projector(feats)  # (2B, D)
         beta = self.current_beta()
         loss = nt_xent(z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=beta)
-        return loss, feats[:b], {"train/beta": torch.tensor(beta)} if self.beta_anneal else {}
+        logs = {"train/beta": torch.tensor(beta)} if self.beta_anneal else {}
+        if self.diagnose():
+            with torch.no_grad():  # one more similarity product every few steps, no extra forward
+                pos, sim, mask = in_batch_similarities(z[:b].detach(), z[b:].detach())
+            logs.update(self.negative_diagnostics(pos, sim, mask, beta=beta))
+        return loss, feats[:b], logs
 
     def current_beta(self) -> float:
         if not self.beta_anneal:
             return self.beta
         total = max(1, int(self.trainer.estimated_stepping_batches))
         return annealed_beta(self.beta, self.global_step / total)
-
