@@ -100,7 +100,7 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: f
 
 
 def configure_schedule(
-    trainer: "pl.Trainer", optimizer: torch.optim.Optimizer, settings: OptimSettings
+    trainer: pl.Trainer, optimizer: torch.optim.Optimizer, settings: OptimSettings
 ) -> dict:
     """Lightning's optimiser dict with a per-step warm-up + cosine schedule over the whole run."""
     total = max(1, int(trainer.estimated_stepping_batches))
@@ -117,6 +117,6 @@ def configure_schedule(
     return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def global_batch(trainer: "pl.Trainer", batch_size: int) -> int:
+def global_batch(trainer: pl.Trainer, batch_size: int) -> int:
     """Images per optimiser step over all ranks and accumulated batches."""
     return batch_size * trainer.world_size * trainer.accumulate_grad_batches

@@ -7,16 +7,16 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from pytorch_lightning.utilities import rank_zero_only
 from omegaconf import DictConfig, open_dict
+from pytorch_lightning.utilities import rank_zero_only
 
 from cssl import app, loggers
 from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
 from cssl.data.augment import EvalTransform
-from cssl.eval.embedding import embedding_map, log_image
 from cssl.errors import ConfigError, check
+from cssl.eval.embedding import embedding_map, log_image
 from cssl.methods import method_class
 from cssl.methods.base import ContrastiveMethod
 from cssl.optim import OptimSettings
