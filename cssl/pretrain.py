@@ -193,6 +193,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         save_top_k=-1,
         save_last=True,
         save_on_train_epoch_end=True,
+        enable_version_counter=False,  # always overwrite last.ckpt, also in a copied run dir that is resumed
     )
     throughput = app.Throughput(data.batch_size)
     group, tags = label_run(cfg, model)

@@ -39,6 +39,8 @@ def test_every_method_trains_a_few_steps(method, tmp_path):
             "trainer.limit_val_batches=1",
             "data.batch_size=16",
             "data.bank_limit=64",
+            "trainer.log_every_n_steps=1",
+            "diagnostics.every_n_steps=1",
             f"run_dir={tmp_path}",
         ],
     )
@@ -46,6 +48,22 @@ def test_every_method_trains_a_few_steps(method, tmp_path):
     assert summary["method"] == method and summary["global_step"] == 2
     assert math.isfinite(summary["train_loss"])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
+    # every method reports the standard negative-sampling diagnostics and the validation ones
+    for key in (
+        "neg/pos_sim_mean",
+        "neg/neg_sim_mean",
+        "neg/neg_sim_std",
+        "neg/neg_sim_max",
+        "neg/hardness",
+        "neg/effective_negatives",
+        "val/uniformity",
+        "val/alignment",
+        "val/false_negative_rate",
+    ):
+        assert math.isfinite(summary["metrics"][key]), key
+    if summary["estimator"] != "infonce":
+        assert 0 <= summary["metrics"]["neg/floor_fraction"] <= 1
+    assert (tmp_path / "embedding.png").stat().st_size > 1000
 
 
 @pytest.mark.parametrize("experiment", sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml")))

@@ -13,6 +13,8 @@ every rank applies the same all-reduced gradient to the same W.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -137,15 +139,28 @@ class AdversarialBank(nn.Module):
         self.register_buffer("weight", weight)  # (D, K) unnormalised
         self.register_buffer("velocity", torch.zeros(dim, size))  # (D, K)
         self.register_buffer("filled", torch.tensor(filled, dtype=torch.long))  # columns holding a negative
+        self._filled: int | None = filled  # host copy of `filled` (no device sync per step); None: re-read once
         self._grad: Tensor | None = None  # dL_mem/dW summed since the last step (this rank only)
         self._offered: list[Tensor] = []
+        self.drift: Tensor | None = None  # |lr v| / |W| of the last step (a diagnostic)
 
     @property
     def size(self) -> int:
         return self.weight.shape[1]
 
+    @property
+    def filled_count(self) -> int:
+        """Columns holding a negative, from the host copy (read from the buffer once after a load)."""
+        if self._filled is None:
+            self._filled = int(self.filled)
+        return self._filled
+
     def is_full(self) -> bool:
-        return int(self.filled) >= self.size
+        return self.filled_count >= self.size
+
+    def _load_from_state_dict(self, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._filled = None  # the buffer changed: re-read it on next use
 
     def valid(self) -> Tensor | None:
         """(K,) bool mask of filled columns, or None when all are filled."""
@@ -188,17 +203,20 @@ class AdversarialBank(nn.Module):
         if self._grad is not None:
             g = -distributed.all_reduce_mean(self._grad)  # ascent: minus the loss gradient
             self.velocity.mul_(self.momentum).add_(g).add_(self.weight, alpha=self.weight_decay)
-            self.weight.sub_(self.lr * self.velocity)
+            update = self.lr * self.velocity
+            self.drift = update.norm() / self.weight.norm().clamp_min(1e-12)  # relative change of W this step
+            self.weight.sub_(update)
             self._grad = None
         if self._offered:
             keys = torch.cat(self._offered)  # (M, D), identical on every rank (gathered)
             self._offered = []
-            start = int(self.filled)
+            start = self.filled_count
             n = min(self.size - start, keys.shape[0])
             if n > 0:
                 self.weight[:, start : start + n] = keys[:n].T
                 self.velocity[:, start : start + n] = 0
                 self.filled.fill_(start + n)
+                self._filled = start + n
 
     def extra_repr(self) -> str:
         return (

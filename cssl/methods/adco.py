@@ -128,7 +128,7 @@ class AdCo(ContrastiveMethod):
             if self.training:
                 mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate)
                 if i == 0:
-                    logs = self._diagnostics(pos, sim, k.shape[0], mem_loss)
+                    logs = self._diagnostics(pos, sim, neg_mask, k, mem_loss)
         if self.training:
             for k in keys:
                 self.bank.offer_keys(k)
@@ -181,14 +181,24 @@ class AdCo(ContrastiveMethod):
             neg_mask=neg_mask,
         )
 
-    def _diagnostics(self, pos: Tensor, sim: Tensor, n_keys: int, mem_loss: Tensor) -> dict[str, Tensor]:
-        logs = {
-            "train/mem_loss": mem_loss,
-            "neg/pos_sim": pos.detach().mean(),
-            "neg/bank_filled": self.bank.filled.float() / self.bank.size,
-        }
-        if self.bank.is_full():
-            logs["neg/bank_hardest_sim"] = sim[:, n_keys:].detach().max(1).values.mean()
+    def _diagnostics(self, pos: Tensor, sim: Tensor, neg_mask: Tensor, keys: Tensor, mem_loss: Tensor) -> dict[str, Tensor]:
+        """Every step: the bank's loss; every ``diagnostics.every_n_steps``: the standard ``neg/...`` set over
+        the network's negatives (other keys and bank), how far the bank moved in its last step, and how close
+        the bank is to the current keys."""
+        logs = {"train/mem_loss": mem_loss}
+        if not self.diagnose():
+            return logs
+        logs.update(self.negative_diagnostics(pos, sim, neg_mask))
+        logs["neg/bank_filled"] = self.bank.filled.float() / self.bank.size
+        if self.bank.drift is not None:
+            logs["neg/bank_drift"] = self.bank.drift
+        with torch.no_grad():
+            key_sim = keys.float() @ self.bank.directions()  # (B_g, K)
+            valid = self.bank.valid()
+            if valid is not None:
+                key_sim = key_sim.masked_fill(~valid, float("nan"))
+            logs["neg/bank_key_sim_mean"] = key_sim.nanmean()
+            logs["neg/bank_key_sim_max"] = key_sim.nan_to_num(-2.0).max(1).values.mean()
         return logs
 
 
