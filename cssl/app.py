@@ -37,13 +37,19 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def build_data(cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None) -> ImageDataModule:
+def build_data(
+    cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None
+) -> ImageDataModule:
     """The data module of ``cfg.data`` (augmentation options excluded: the caller builds the transforms)."""
     options = {k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "multicrop")}
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
     return build_datamodule(
-        str(cfg.data.name), train_split=train_split, train_transform=train_transform, eval_transform=eval_transform, **options
+        str(cfg.data.name),
+        train_split=train_split,
+        train_transform=train_transform,
+        eval_transform=eval_transform,
+        **options,
     )
 
 
@@ -144,4 +150,7 @@ def save_config(run_dir: Path, cfg: DictConfig) -> None:
 
 
 def check_int(name: str, value: Any, minimum: int) -> None:
-    check(isinstance(value, int) and not isinstance(value, bool) and value >= minimum, f"{name} must be an integer >= {minimum}, got {value!r}")
+    check(
+        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
+        f"{name} must be an integer >= {minimum}, got {value!r}",
+    )

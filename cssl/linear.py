@@ -31,7 +31,9 @@ def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     weights = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
-        raise ConfigError(f"checkpoint {path}: backbone weights do not match {meta['backbone']} ({len(missing)} missing)")
+        raise ConfigError(
+            f"checkpoint {path}: backbone weights do not match {meta['backbone']} ({len(missing)} missing)"
+        )
     return backbone, meta, path
 
 
@@ -47,14 +49,22 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
 
     data = app.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
-    data.eval_transform = EvalTransform(data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    data.eval_transform = EvalTransform(
+        data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std
+    )
     data.train_transform = ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
     if cfg.mode == "knn":
         results = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
         epochs = 0
     else:
         optim = OptimSettings(**app.plain(cfg.optimizer))
-        model = LinearProbe(backbone, num_classes=data.num_classes, batch_size=data.batch_size, optim=optim, feature_norm=bool(cfg.feature_norm))
+        model = LinearProbe(
+            backbone,
+            num_classes=data.num_classes,
+            batch_size=data.batch_size,
+            optim=optim,
+            feature_norm=bool(cfg.feature_norm),
+        )
         trainer = app.build_trainer(cfg, run_dir, callbacks=[], logger_config=app.plain(cfg))
         app.save_config(run_dir, cfg)
         trainer.fit(model, datamodule=data)

@@ -99,9 +99,7 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def configure_schedule(
-    trainer: pl.Trainer, optimizer: torch.optim.Optimizer, settings: OptimSettings
-) -> dict:
+def configure_schedule(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, settings: OptimSettings) -> dict:
     """Lightning's optimiser dict with a per-step warm-up + cosine schedule over the whole run."""
     total = max(1, int(trainer.estimated_stepping_batches))
     if trainer.max_steps in (-1, None) and trainer.max_epochs and trainer.max_epochs > 0:

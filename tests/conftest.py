@@ -16,7 +16,9 @@ def cli_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_cli(
+    script: str, *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess:
     """Run ``python <script> args...`` from the repo root and return the completed process."""
     return subprocess.run(
         [sys.executable, str(REPO / script), *args],

@@ -19,7 +19,16 @@ def test_pretrain_then_linear_and_knn_eval(tmp_path):
     proc = run_cli("train.py", *QUICK, "logger=csv", "trainer.max_steps=4", f"run_dir={run}")
     _ok(proc)
     summary = json.loads((run / "summary.json").read_text())
-    for key in ("method", "global_step", "epochs", "train_loss", "online_top1", "knn_top1", "images_per_second", "wall_seconds"):
+    for key in (
+        "method",
+        "global_step",
+        "epochs",
+        "train_loss",
+        "online_top1",
+        "knn_top1",
+        "images_per_second",
+        "wall_seconds",
+    ):
         assert key in summary
     assert summary["method"] == "simclr" and summary["global_step"] == 4
     assert 0 <= summary["online_top1"] <= 1 and 0 <= summary["knn_top1"] <= 1
@@ -28,13 +37,25 @@ def test_pretrain_then_linear_and_knn_eval(tmp_path):
     assert (run / "csv" / "metrics.csv").read_text().startswith(("epoch", "step", "train", "val", "lr"))
 
     lin = tmp_path / "lin"
-    proc = run_cli("linear_eval.py", f"ckpt={run}", "logger=none", "trainer.progress_bar=false", "trainer.max_epochs=2", "data.batch_size=64", f"run_dir={lin}")
+    proc = run_cli(
+        "linear_eval.py",
+        f"ckpt={run}",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.max_epochs=2",
+        "data.batch_size=64",
+        f"run_dir={lin}",
+    )
     _ok(proc)
     result = json.loads((lin / "summary.json").read_text())
     assert 0 <= result["top1"] <= result["top5"] <= 1 and result["epochs"] == 2
 
     knn = tmp_path / "knn"
-    _ok(run_cli("linear_eval.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "mode=knn", "logger=none", f"run_dir={knn}"))
+    _ok(
+        run_cli(
+            "linear_eval.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "mode=knn", "logger=none", f"run_dir={knn}"
+        )
+    )
     result = json.loads((knn / "summary.json").read_text())
     assert result["mode"] == "knn" and 0.3 < result["top1"] <= result["top5"] <= 1  # digits: far above chance
 
@@ -44,7 +65,14 @@ def _state(path: Path) -> dict:
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
-    common = (*QUICK, "trainer.max_epochs=2", "trainer.limit_train_batches=3", "trainer.check_val_every_n_epoch=1", "checkpoint.every_n_epochs=1", "seed=3")
+    common = (
+        *QUICK,
+        "trainer.max_epochs=2",
+        "trainer.limit_train_batches=3",
+        "trainer.check_val_every_n_epoch=1",
+        "checkpoint.every_n_epochs=1",
+        "seed=3",
+    )
     straight = tmp_path / "straight"
     _ok(run_cli("train.py", *common, f"run_dir={straight}"))
     # an interrupted run: only the checkpoint written after epoch 1 survives (resume=auto picks the newest)
@@ -58,7 +86,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert a["state_dict"].keys() == b["state_dict"].keys()
     for key, value in a["state_dict"].items():
         assert torch.equal(value, b["state_dict"][key]), key
-    for sa, sb in zip(a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True):
+    for sa, sb in zip(
+        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
+    ):
         for key in sa:
             assert torch.equal(sa[key], sb[key])
     # and the interrupted checkpoint really was a different point of training
@@ -69,7 +99,9 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 
 def test_wandb_logs_offline_without_an_api_key(tmp_path):
     run = tmp_path / "run"
-    proc = run_cli("train.py", *QUICK[1:], "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=cli_env(HOME=str(tmp_path)))
+    proc = run_cli(
+        "train.py", *QUICK[1:], "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=cli_env(HOME=str(tmp_path))
+    )
     _ok(proc)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))

@@ -181,7 +181,9 @@ class AdCo(ContrastiveMethod):
             neg_mask=neg_mask,
         )
 
-    def _diagnostics(self, pos: Tensor, sim: Tensor, neg_mask: Tensor, keys: Tensor, mem_loss: Tensor) -> dict[str, Tensor]:
+    def _diagnostics(
+        self, pos: Tensor, sim: Tensor, neg_mask: Tensor, keys: Tensor, mem_loss: Tensor
+    ) -> dict[str, Tensor]:
         """Every step: the bank's loss; every ``diagnostics.every_n_steps``: the standard ``neg/...`` set over
         the network's negatives (other keys and bank), how far the bank moved in its last step, and how close
         the bank is to the current keys."""

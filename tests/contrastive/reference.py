@@ -8,7 +8,9 @@ import math
 import numpy as np
 
 
-def reference_loss(pos: np.ndarray, neg_rows: list[np.ndarray], t: float, estimator: str, tau_plus: float, beta: float) -> float:
+def reference_loss(
+    pos: np.ndarray, neg_rows: list[np.ndarray], t: float, estimator: str, tau_plus: float, beta: float
+) -> float:
     """Mean over anchors; ``neg_rows[i]`` holds the similarities of anchor i's real negatives."""
     losses = []
     for p, negs in zip(pos, neg_rows, strict=True):
@@ -28,7 +30,9 @@ def reference_loss(pos: np.ndarray, neg_rows: list[np.ndarray], t: float, estima
     return float(np.mean(losses))
 
 
-def reference_nt_xent(z1: np.ndarray, z2: np.ndarray, t: float, estimator: str = "infonce", tau_plus: float = 0.0, beta: float = 0.0) -> float:
+def reference_nt_xent(
+    z1: np.ndarray, z2: np.ndarray, t: float, estimator: str = "infonce", tau_plus: float = 0.0, beta: float = 0.0
+) -> float:
     """SimCLR over 2B anchors [z1; z2]: partner (i + B) mod 2B, every other view a negative."""
     z = np.concatenate([z1, z2]).astype(np.float64)
     z = z / np.linalg.norm(z, axis=1, keepdims=True)

@@ -10,7 +10,12 @@ def _gather_rows(rank: int, world_size: int) -> dict:
     # each rank weights the rows differently, so the summed gradient tells whether backward sums ranks
     weights = torch.arange(gathered.shape[0], dtype=torch.float32)[:, None] * (rank + 1)
     (gathered * weights).sum().backward()
-    return {"rank": distributed.rank(), "world": distributed.world_size(), "gathered": gathered.detach(), "grad": x.grad}
+    return {
+        "rank": distributed.rank(),
+        "world": distributed.world_size(),
+        "gathered": gathered.detach(),
+        "grad": x.grad,
+    }
 
 
 def test_gather_with_grad_orders_by_rank_and_sums_gradients():
