@@ -9,9 +9,11 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from cssl.errors import ConfigError, check_unit_interval
+from cssl import distributed
+from cssl.errors import ConfigError, check, check_unit_interval
 
 SCHEDULES = ("constant", "cosine")
+KEY_BN = ("auto", "shuffle", "split", "sync", "none")
 
 
 class MomentumEncoder(nn.Module):
@@ -59,3 +61,49 @@ class MomentumEncoder(nn.Module):
         # BN of the key encoder normalises with batch statistics like the online one (MoCo), so it
         # follows the module's mode; gradients stay off.
         return super().train(mode)
+
+
+def check_key_bn(key_bn: str, splits: int) -> None:
+    """Validate ``method.key_bn`` and ``method.key_bn_splits``."""
+    check(key_bn in KEY_BN, f"method.key_bn must be one of {', '.join(KEY_BN)}, got {key_bn!r}")
+    check(
+        isinstance(splits, int) and not isinstance(splits, bool) and splits >= 1,
+        f"method.key_bn_splits must be an integer >= 1, got {splits!r}",
+    )
+
+
+def resolve_key_bn(key_bn: str) -> str:
+    """``auto`` -> ``shuffle`` under several processes, ``split`` on one; other modes unchanged."""
+    if key_bn == "auto":
+        return "shuffle" if distributed.world_size() > 1 else "split"
+    return key_bn
+
+
+@torch.no_grad()
+def encode_keys(encoder: nn.Module, x: Tensor, *, key_bn: str, splits: int = 8) -> Tensor:
+    """Key forward that keeps BN statistics of the keys from leaking the queries' batch (MoCo's shuffle BN).
+
+    Args:
+        encoder: the key encoder (no gradient is recorded).
+        x: (B, ...) this rank's key views.
+        key_bn: ``shuffle``: the global batch is permuted across ranks before the forward and restored after,
+            so each rank's BN sees other images than its queries (plain BN on one process); ``split``: on one
+            device, a random permutation of the batch goes through the encoder in ``splits`` chunks of at
+            least 2 images, each with its own BN statistics; ``sync`` / ``none``: one plain forward (SyncBN
+            layers, if converted, synchronise themselves); ``auto``: see :func:`resolve_key_bn`.
+        splits: number of chunks of ``split``.
+
+    Returns:
+        (B, D) encoder outputs in the original row order.
+    """
+    mode = resolve_key_bn(key_bn)
+    if mode == "shuffle":
+        shuffled, undo = distributed.shuffle_batch(x)  # (B, ...), (P*B,)
+        return distributed.unshuffle_batch(encoder(shuffled), undo)  # (B, D)
+    if mode == "split":
+        b = x.shape[0]
+        chunks = max(1, min(splits, b // 2))
+        perm = torch.randperm(b, device=x.device)  # (B,)
+        out = torch.cat([encoder(part) for part in x[perm].tensor_split(chunks)])  # (B, D), permuted order
+        return out[torch.argsort(perm)]  # (B, D)
+    return encoder(x)  # (B, D)

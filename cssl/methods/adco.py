@@ -24,10 +24,11 @@ from torch import Tensor
 from cssl import distributed
 from cssl.contrastive import AdversarialBank, check_estimator, info_nce
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.contrastive.momentum import MomentumEncoder
+from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
 from cssl.errors import check
 from cssl.heads import mlp
 from cssl.methods.base import ContrastiveMethod
+from cssl.methods.moco import check_key_bn_device
 
 BANK_SIZE = 65536  # AdCo's ImageNet K
 
@@ -47,6 +48,7 @@ class AdCo(ContrastiveMethod):
         bank_init: ``keys`` (columns filled from the first gathered keys) or ``random``.
         momentum: m of the key encoder's EMA, in [0, 1].
         momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
+        key_bn, key_bn_splits: BN of the key forward, as MoCo's (:func:`cssl.contrastive.momentum.encode_keys`).
         symmetric: both views serve as query against the other's keys; the two losses are averaged.
         proj_hidden_dim, proj_output_dim, proj_layers, proj_batch_norm: projector MLP (MoCo v2's head).
         **kwargs: :class:`ContrastiveMethod` arguments.
@@ -68,6 +70,8 @@ class AdCo(ContrastiveMethod):
         bank_init: str = "keys",
         momentum: float = 0.999,
         momentum_schedule: str = "constant",
+        key_bn: str = "auto",
+        key_bn_splits: int = 8,
         symmetric: bool = False,
         proj_hidden_dim: int = 2048,
         proj_output_dim: int = 128,
@@ -76,6 +80,7 @@ class AdCo(ContrastiveMethod):
         **kwargs: Any,
     ) -> None:
         check_estimator(estimator, temperature, tau_plus, beta)
+        check_key_bn(key_bn, key_bn_splits)
         bank = AdversarialBank(
             proj_output_dim,
             bank_size,
@@ -88,12 +93,18 @@ class AdCo(ContrastiveMethod):
         super().__init__(backbone, **kwargs)
         self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
         self.symmetric = bool(symmetric)
+        self.key_bn, self.key_bn_splits = key_bn, key_bn_splits
         self.projector = mlp(
             self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
         )
         self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
+        if key_bn == "sync":
+            self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
         self.bank = bank
         self._optimizer_stepped = False
+
+    def setup(self, stage: str) -> None:
+        check_key_bn_device(self)
 
     def _online(self) -> nn.Module:
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""
@@ -157,12 +168,9 @@ class AdCo(ContrastiveMethod):
         return self.key_encoder.momentum_at(self.global_step, total)
 
     def keys(self, x: Tensor) -> Tensor:
-        """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP."""
-        if distributed.world_size() > 1:
-            shuffled, undo = distributed.shuffle_batch(x)  # (B, ...), (P*B,)
-            k = distributed.unshuffle_batch(self.key_encoder(shuffled), undo)  # (B, D)
-        else:
-            k = self.key_encoder(x)  # (B, D)
+        """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP,
+        split BN on one device (``method.key_bn``, as MoCo)."""
+        k = encode_keys(self.key_encoder, x, key_bn=self.key_bn, splits=self.key_bn_splits)  # (B, D)
         return F.normalize(at_least_fp32(k), dim=1)
 
     @staticmethod

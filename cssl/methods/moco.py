@@ -17,15 +17,13 @@ import torch.nn.functional as F
 from pytorch_lightning.accelerators import CPUAccelerator
 from torch import Tensor
 
-from cssl import distributed
 from cssl.contrastive import QueuePool, check_estimator, info_nce, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.contrastive.momentum import MomentumEncoder
+from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
 from cssl.errors import check, check_unit_interval
 from cssl.heads import mlp
 from cssl.methods.base import ContrastiveMethod
 
-KEY_BN = ("auto", "shuffle", "split", "sync", "none")
 QUEUE_SIZE = 65536  # MoCo's ImageNet default
 
 
@@ -33,41 +31,13 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def resolve_key_bn(key_bn: str) -> str:
-    """``auto`` -> ``shuffle`` under several processes, ``split`` on one; other modes unchanged."""
-    if key_bn == "auto":
-        return "shuffle" if distributed.world_size() > 1 else "split"
-    return key_bn
-
-
-@torch.no_grad()
-def encode_keys(encoder: nn.Module, x: Tensor, *, key_bn: str, splits: int = 8) -> Tensor:
-    """Key forward that keeps BN statistics of the keys from leaking the queries' batch (MoCo's shuffle BN).
-
-    Args:
-        encoder: the key encoder (no gradient is recorded).
-        x: (B, ...) this rank's key views.
-        key_bn: ``shuffle``: the global batch is permuted across ranks before the forward and restored after,
-            so each rank's BN sees other images than its queries (plain BN on one process); ``split``: on one
-            device, a random permutation of the batch goes through the encoder in ``splits`` chunks of at
-            least 2 images, each with its own BN statistics; ``sync`` / ``none``: one plain forward (SyncBN
-            layers, if converted, synchronise themselves); ``auto``: see :func:`resolve_key_bn`.
-        splits: number of chunks of ``split``.
-
-    Returns:
-        (B, D) encoder outputs in the original row order.
-    """
-    mode = resolve_key_bn(key_bn)
-    if mode == "shuffle":
-        shuffled, undo = distributed.shuffle_batch(x)  # (B, ...), (P*B,)
-        return distributed.unshuffle_batch(encoder(shuffled), undo)  # (B, D)
-    if mode == "split":
-        b = x.shape[0]
-        chunks = max(1, min(splits, b // 2))
-        perm = torch.randperm(b, device=x.device)  # (B,)
-        out = torch.cat([encoder(part) for part in x[perm].tensor_split(chunks)])  # (B, D), permuted order
-        return out[torch.argsort(perm)]  # (B, D)
-    return encoder(x)  # (B, D)
+def check_key_bn_device(method: ContrastiveMethod) -> None:
+    """``key_bn=sync`` needs accelerators: SyncBatchNorm has no CPU kernel (a one-line error at setup)."""
+    on_cpu = isinstance(method.trainer.accelerator, CPUAccelerator)
+    check(
+        not (getattr(method, "key_bn", None) == "sync" and on_cpu and method.trainer.world_size > 1),
+        "method.key_bn=sync needs GPUs (SyncBatchNorm has no CPU kernel); use method.key_bn=shuffle",
+    )
 
 
 class MoCo(ContrastiveMethod):
@@ -111,11 +81,7 @@ class MoCo(ContrastiveMethod):
         check_estimator(estimator, temperature, tau_plus, beta)
         check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
         check_unit_interval("method.momentum", momentum, closed_right=True)
-        check(key_bn in KEY_BN, f"method.key_bn must be one of {', '.join(KEY_BN)}, got {key_bn!r}")
-        check(
-            _is_int(key_bn_splits) and key_bn_splits >= 1,
-            f"method.key_bn_splits must be an integer >= 1, got {key_bn_splits!r}",
-        )
+        check_key_bn(key_bn, key_bn_splits)
         super().__init__(backbone, **kwargs)
         self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
         self.key_bn, self.key_bn_splits, self.symmetric = key_bn, key_bn_splits, bool(symmetric)
@@ -130,11 +96,7 @@ class MoCo(ContrastiveMethod):
         self._ema_step = -1  # global step of the last EMA update
 
     def setup(self, stage: str) -> None:
-        on_cpu = isinstance(self.trainer.accelerator, CPUAccelerator)
-        check(
-            not (self.key_bn == "sync" and on_cpu and self.trainer.world_size > 1),
-            "method.key_bn=sync needs GPUs (SyncBatchNorm has no CPU kernel); use method.key_bn=shuffle",
-        )
+        check_key_bn_device(self)
 
     def _online(self) -> nn.Module:
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""

@@ -4,7 +4,8 @@ import torch
 import torch.nn as nn
 
 from cssl.contrastive import QueuePool
-from cssl.methods.moco import MoCo, encode_keys, resolve_key_bn
+from cssl.contrastive.momentum import encode_keys, resolve_key_bn
+from cssl.methods.moco import MoCo
 from cssl.optim import OptimSettings
 from tests.distributed.harness import run_ranks
 

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 
 from cssl.contrastive import ESTIMATORS, mochi_negatives
 from cssl.contrastive.estimators import info_nce_per_anchor
+from cssl.contrastive.momentum import encode_keys, resolve_key_bn
 from cssl.errors import ConfigError
 from cssl.methods import METHODS
-from cssl.methods.moco import MoChi, MoCo, encode_keys, resolve_key_bn
+from cssl.methods.moco import MoChi, MoCo
 from cssl.optim import OptimSettings
 from tests.contrastive.reference import reference_loss
 
@@ -101,6 +102,7 @@ def test_every_estimator_with_the_queue(estimator):
 # -- the step: EMA, key forward, loss, then enqueue ------------------------------------------------------
 def test_step_order_ema_then_keys_then_loss_then_enqueue():
     model = make(momentum=0.5)
+    model.diagnostics_every_n_steps = 1  # diagnostics on this step
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(0.3)  # the online encoder moved (as after an optimiser step)
