@@ -30,7 +30,16 @@ def run_cli(
     )
 
 
-QUICK = ("logger=none", "trainer.progress_bar=false", "data.batch_size=32", "method.proj_hidden_dim=64")
+QUICK = (
+    "logger=none",
+    "trainer.progress_bar=false",
+    "data.batch_size=32",
+    "method.proj_hidden_dim=64",
+    "backbone=timm:test_resnet",  # 0.4M parameters: quick steps, small checkpoints
+    "trainer.limit_val_batches=2",
+    "data.bank_limit=128",
+    "diagnostics.embedding=false",  # the t-SNE map is tested once, in tests/test_registry.py
+)
 
 
 @pytest.fixture

@@ -263,6 +263,7 @@ def test_multirun_writes_one_run_dir_per_job_and_the_report_reads_them(tmp_path:
         "trainer.progress_bar=false",
         "trainer.limit_val_batches=1",
         "data.bank_limit=64",
+        "diagnostics.embedding=false",
         f"hydra.sweep.dir={sweep}",
     )
     assert proc.returncode == 0, proc.stderr[-2000:]

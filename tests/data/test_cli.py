@@ -38,6 +38,7 @@ def cifar_args(root: Path, run_dir: Path) -> list[str]:
         "data.num_workers=0",
         # cheaper, same data path: ImageNet stem (16x fewer FLOPs at 32 px), small head, no progress bar
         "cifar_stem=false",
+        "diagnostics.embedding=false",
         "method.proj_hidden_dim=64",
         "trainer.progress_bar=false",
     ]

@@ -32,6 +32,8 @@ COMMAND = (
     "logger=none",
     "trainer.progress_bar=false",
     f"data.bank_limit={BANK}",
+    "diagnostics.embedding=false",
+    "backbone=timm:test_resnet",
 )
 # launcher variables of an enclosing job would make Lightning join that job instead of spawning its own ranks
 LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")

@@ -197,6 +197,7 @@ QUICK = (
     "method.proj_hidden_dim=64",
     "trainer.limit_val_batches=1",
     "data.bank_limit=64",
+    "diagnostics.embedding=false",
 )
 MULTICROP = "data.multicrop={sizes:[24,16],scales:[[0.14,1.0],[0.05,0.4]]}"
 RESUMABLE = (

@@ -283,6 +283,9 @@ QUICK = (
     "data.batch_size=32",
     "trainer.limit_val_batches=1",
     "method.queue_size=100",
+    "backbone=timm:test_resnet",
+    "data.bank_limit=64",
+    "diagnostics.embedding=false",
 )
 
 
