@@ -27,20 +27,10 @@ def in_batch_similarities(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tenso
     Returns:
         pos (2B,), sim (2B, 2B_g) and neg_mask (2B, 2B_g), True on the 2B_g - 2 negatives of each row.
     """
-    if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"z1 and z2 must both be (B, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        b = z1.shape[0]
-        z1 = F.normalize(at_least_fp32(z1), dim=1)  # (B, D)
-        z2 = F.normalize(at_least_fp32(z2), dim=1)  # (B, D)
-        anchors = torch.cat([z1, z2])  # (2B, D)
-        candidates = torch.cat([distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)])  # (2Bg, D)
-        b_global = candidates.shape[0] // 2
+        anchors, candidates, self_col, pos_col = _global_views(z1, z2)
         sim = anchors @ candidates.T  # (2B, 2Bg)
-        local = torch.arange(b, device=z1.device) + distributed.rank() * b  # (B,) global row index
-        self_col = torch.cat([local, local + b_global])  # (2B,)
-        pos_col = torch.cat([local + b_global, local])  # (2B,)
-        rows = torch.arange(2 * b, device=z1.device)
+        rows = torch.arange(anchors.shape[0], device=anchors.device)
         pos = sim[rows, pos_col]  # (2B,)
         neg_mask = torch.ones_like(sim, dtype=torch.bool)
         neg_mask[rows, self_col] = False
@@ -76,18 +66,9 @@ def nt_xent(
         Scalar fp32 loss.
     """
     check_estimator(estimator, temperature, tau_plus, beta)
-    if z1.shape != z2.shape or z1.dim() != 2:
-        raise ValueError(f"z1 and z2 must both be (B, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
     with torch.autocast(device_type=z1.device.type, enabled=False):
-        b = z1.shape[0]
-        z1 = F.normalize(at_least_fp32(z1), dim=1)  # (B, D)
-        z2 = F.normalize(at_least_fp32(z2), dim=1)  # (B, D)
-        anchors = torch.cat([z1, z2])  # (2B, D)
-        candidates = torch.cat([distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)])  # (2Bg, D)
+        anchors, candidates, self_col, pos_col = _global_views(z1, z2)
         b_global = candidates.shape[0] // 2
-        local = torch.arange(b, device=z1.device) + distributed.rank() * b  # (B,) global row index
-        self_col = torch.cat([local, local + b_global])  # (2B,)
-        pos_col = torch.cat([local + b_global, local])  # (2B,)
         pos_logit = (anchors * candidates[pos_col]).sum(1) / temperature  # (2B,)
         hard = estimator == "hcl" and beta != 0
         scales = ((1.0 + beta) / temperature, beta / temperature) if hard else (1.0 / temperature,)
@@ -96,6 +77,28 @@ def nt_xent(
         log_beta_sum = log_sums[:, 1] if hard else None
         losses = loss_from_log_sums(pos_logit, log_sums[:, 0], log_beta_sum, log_n, temperature, estimator, tau_plus)
     return losses.mean()
+
+
+def _global_views(z1: Tensor, z2: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Normalised local anchors and gathered candidates, with each anchor's self and positive columns.
+
+    Returns:
+        anchors (2B, D) = [z1; z2] of this rank, candidates (2B_g, D) = [z1 of ranks 0..P-1; z2 of ranks
+        0..P-1] gathered with gradient, self_col (2B,) and pos_col (2B,): local anchor i of view 1 sits at
+        column r*B + i (r = global rank) and its positive at B_g + r*B + i; view 2 mirrors that.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"z1 and z2 must both be (B, D), got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    b = z1.shape[0]
+    z1 = F.normalize(at_least_fp32(z1), dim=1)  # (B, D)
+    z2 = F.normalize(at_least_fp32(z2), dim=1)  # (B, D)
+    anchors = torch.cat([z1, z2])  # (2B, D)
+    candidates = torch.cat([distributed.gather_with_grad(z1), distributed.gather_with_grad(z2)])  # (2Bg, D)
+    b_global = candidates.shape[0] // 2
+    local = torch.arange(b, device=z1.device) + distributed.rank() * b  # (B,) global row index
+    self_col = torch.cat([local, local + b_global])  # (2B,)
+    pos_col = torch.cat([local + b_global, local])  # (2B,)
+    return anchors, candidates, self_col, pos_col
 
 
 def _log(n: int) -> float:
