@@ -101,21 +101,30 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
 def test_wandb_logs_offline_without_an_api_key(tmp_path):
     run = tmp_path / "run"
     proc = run_cli(
-        "train.py", *QUICK[1:], "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=cli_env(HOME=str(tmp_path))
+        "train.py",
+        *QUICK[1:],
+        "method=hcl",  # also the command-line run of an HCL method
+        "logger=wandb",
+        "trainer.max_steps=2",
+        f"run_dir={run}",
+        env=cli_env(HOME=str(tmp_path)),
     )
     _ok(proc)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
-    assert (run / "summary.json").is_file()
+    assert json.loads((run / "summary.json").read_text())["method"] == "hcl"
 
 
 def test_a_wandb_failure_does_not_stop_training(tmp_path):
     # online mode with no API key and no network: W&B cannot start; training must finish anyway
     run = tmp_path / "run"
     env = cli_env(HOME=str(tmp_path), WANDB_MODE="online", WANDB_BASE_URL="http://127.0.0.1:9", WANDB_INIT_TIMEOUT="5")
-    proc = run_cli("train.py", *QUICK[1:], "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=env)
+    proc = run_cli(
+        "train.py", *QUICK[1:], "method=dcl", "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=env
+    )
     _ok(proc)
-    assert json.loads((run / "summary.json").read_text())["global_step"] == 2
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["global_step"] == 2 and summary["method"] == "dcl" and summary["estimator"] == "dcl"
     assert "W&B logging failed" in proc.stderr + proc.stdout
 
 
