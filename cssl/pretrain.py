@@ -158,7 +158,7 @@ def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]
     (plus method, estimator and data tags) in ``cfg``, so the logger and config.yaml record them."""
     method, data = model.meta["method"], str(cfg.data.name)
     group = loggers.run_group(cfg.logger.get("group"), method=method, data=data, sweep=loggers.multirun_name())
-    estimator = getattr(model, "estimator", None)
+    estimator = model.estimator
     tags = loggers.run_tags(app.plain(cfg.logger).get("tags"), method=method, estimator=estimator, data=data)
     with open_dict(cfg.logger):
         cfg.logger.group, cfg.logger.tags = group, tags
@@ -214,7 +214,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     summary = {
         "method": model.meta["method"],
-        "estimator": getattr(model, "estimator", None),
+        "estimator": model.estimator,
         "data": str(cfg.data.name),
         "backbone": str(cfg.backbone),
         "global_step": int(trainer.global_step),

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cssl import distributed
-from cssl.contrastive import AdversarialBank, check_estimator, info_nce
+from cssl.contrastive import AdversarialBank
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
 from cssl.errors import check
@@ -38,8 +38,8 @@ class AdCo(ContrastiveMethod):
 
     Args:
         temperature: moco_t, the temperature of the network's loss.
-        estimator: ``infonce`` (AdCo), ``dcl`` or ``hcl`` over the keys' and the bank's negatives.
-        tau_plus, beta: estimator parameters (see :func:`cssl.contrastive.info_nce`).
+            The estimator (``infonce`` for AdCo, ``dcl``, ``hcl``) over the keys' and the bank's negatives
+            and its parameters are :class:`ContrastiveMethod` arguments.
         bank_size: K, the number of adversarial negatives.
         mem_t: temperature of the bank's (ascended) cross-entropy.
         mem_lr: step size of the bank's ascent.
@@ -59,9 +59,6 @@ class AdCo(ContrastiveMethod):
         backbone: nn.Module,
         *,
         temperature: float = 0.12,
-        estimator: str = "infonce",
-        tau_plus: float = 0.0,
-        beta: float = 0.0,
         bank_size: int = BANK_SIZE,
         mem_t: float = 0.02,
         mem_lr: float = 3.0,
@@ -79,7 +76,6 @@ class AdCo(ContrastiveMethod):
         proj_batch_norm: bool = False,
         **kwargs: Any,
     ) -> None:
-        check_estimator(estimator, temperature, tau_plus, beta)
         check_key_bn(key_bn, key_bn_splits)
         bank = AdversarialBank(
             proj_output_dim,
@@ -90,8 +86,7 @@ class AdCo(ContrastiveMethod):
             weight_decay=mem_wd,
             init=bank_init,
         )
-        super().__init__(backbone, **kwargs)
-        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        super().__init__(backbone, temperature=temperature, **kwargs)
         self.symmetric = bool(symmetric)
         self.key_bn, self.key_bn_splits = key_bn, key_bn_splits
         self.projector = mlp(
@@ -135,7 +130,7 @@ class AdCo(ContrastiveMethod):
         for i, (q, k, weight) in enumerate(pairs):
             z = self._normalize(q)  # (B, D)
             pos, sim, neg_mask = self.bank.similarities(z, k, offset)  # (B,), (B, B_g + K), (B, B_g + K)
-            loss = loss + weight * self._loss(pos, sim, neg_mask)
+            loss = loss + weight * self.contrastive_loss(pos, sim, neg_mask)
             if self.training:
                 mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate)
                 if i == 0:
@@ -177,17 +172,6 @@ class AdCo(ContrastiveMethod):
     def _normalize(q: Tensor) -> Tensor:
         with torch.autocast(device_type=q.device.type, enabled=False):
             return F.normalize(at_least_fp32(q), dim=1)
-
-    def _loss(self, pos: Tensor, sim: Tensor, neg_mask: Tensor) -> Tensor:
-        return info_nce(
-            pos,
-            sim,
-            self.temperature,
-            estimator=self.estimator,
-            tau_plus=self.tau_plus,
-            beta=self.beta,
-            neg_mask=neg_mask,
-        )
 
     def _diagnostics(
         self, pos: Tensor, sim: Tensor, neg_mask: Tensor, keys: Tensor, mem_loss: Tensor

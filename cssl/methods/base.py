@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from cssl.contrastive.estimators import annealed_beta, check_estimator, info_nce
 from cssl.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
 from cssl.errors import check, check_positive
 from cssl.eval.knn import knn_predict
@@ -32,6 +33,9 @@ class ContrastiveMethod(pl.LightningModule):
         batch_size: images per step on one device (for learning-rate scaling).
         optim: optimiser and schedule.
         probe_lr: learning rate of the online linear probe (trained on detached features, no weight decay).
+        temperature, estimator, tau_plus, beta: the loss (:func:`cssl.contrastive.info_nce`); every method
+            takes every estimator, whatever its pool of negatives.
+        beta_anneal: lower HCL's beta to 0 in 9 steps over training (:func:`annealed_beta`).
         knn_k, knn_t: neighbours and temperature of the online kNN classifier.
         diagnostics_every_n_steps: log negative-sampling diagnostics (``neg/...``) every this many steps
             and validation diagnostics (``val/uniformity``, ...) at each validation; 0 turns them off.
@@ -45,6 +49,11 @@ class ContrastiveMethod(pl.LightningModule):
         num_classes: int,
         batch_size: int,
         optim: OptimSettings,
+        temperature: float = 0.5,
+        estimator: str = "infonce",
+        tau_plus: float = 0.0,
+        beta: float = 0.0,
+        beta_anneal: bool = False,
         probe_lr: float = 0.1,
         knn_k: int = 20,
         knn_t: float = 0.07,
@@ -53,6 +62,7 @@ class ContrastiveMethod(pl.LightningModule):
         false_negative_k: int = 10,
     ) -> None:
         super().__init__()
+        check_estimator(estimator, temperature, tau_plus, beta)
         check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
         check(isinstance(knn_k, int) and knn_k >= 1, f"method.knn_k must be an integer >= 1, got {knn_k!r}")
         check_positive("method.knn_t", knn_t)
@@ -60,6 +70,8 @@ class ContrastiveMethod(pl.LightningModule):
         self.backbone = backbone
         self.num_features: int = backbone.num_features
         self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
+        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        self.beta_anneal = bool(beta_anneal)
         self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
         for name, value in (
             ("every_n_steps", diagnostics_every_n_steps),
@@ -122,18 +134,34 @@ class ContrastiveMethod(pl.LightningModule):
         """Modules trained by the main optimiser (not the probe)."""
         return [m for name, m in self.named_children() if name not in ("probe", "train_acc", "val_acc")]
 
+    def contrastive_loss(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None) -> Tensor:
+        """The method's estimator over (pos (B,), neg (B, M)) cosine similarities, mean over anchors."""
+        return info_nce(
+            pos,
+            neg,
+            self.temperature,
+            estimator=self.estimator,
+            tau_plus=self.tau_plus,
+            beta=self.current_beta(),
+            neg_mask=neg_mask,
+        )
+
+    def current_beta(self) -> float:
+        """HCL's beta at this step (annealed to 0 in 9 steps with ``beta_anneal``; a Python number)."""
+        if not self.beta_anneal or self._trainer is None:
+            return self.beta
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        return annealed_beta(self.beta, self.global_step / total)
+
     def diagnose(self) -> bool:
         """Whether this training step logs diagnostics (a Python check: no device synchronisation)."""
         every = self.diagnostics_every_n_steps
         # Lightning writes logged values when (step + 1) is a multiple of log_every_n_steps; align with it
         return self.training and every > 0 and (self.global_step + 1) % every == 0
 
-    def negative_diagnostics(
-        self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None, *, beta: float | None = None
-    ) -> dict[str, Tensor]:
+    def negative_diagnostics(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None) -> dict[str, Tensor]:
         """``neg/...`` metrics of one step's (pos (B,), neg (B, M)) cosine similarities, and their histograms."""
         pos, neg = pos.detach(), neg.detach()
-        beta = self.beta if beta is None else beta
         logs = step_diagnostics(
             pos,
             neg,
@@ -141,7 +169,7 @@ class ContrastiveMethod(pl.LightningModule):
             temperature=self.temperature,
             estimator=self.estimator,
             tau_plus=self.tau_plus,
-            beta=beta,
+            beta=self.current_beta(),
             top_k=self.diagnostics_top_k,
         )
         log_histograms(self.logger, self.global_step, pos, neg if neg_mask is None else neg[neg_mask])
@@ -165,6 +193,8 @@ class ContrastiveMethod(pl.LightningModule):
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/probe_loss", probe_loss)
         self.log("train/online_top1", self.train_acc, on_step=False, on_epoch=True)
+        if self.beta_anneal:
+            self.log("train/beta", float(self.current_beta()))
         for name, value in extra.items():
             self.log(name, value)
         return loss + probe_loss

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from pytorch_lightning.accelerators import CPUAccelerator
 from torch import Tensor
 
-from cssl.contrastive import QueuePool, check_estimator, info_nce, mochi_negatives
+from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
 from cssl.errors import check, check_unit_interval
@@ -45,8 +45,8 @@ class MoCo(ContrastiveMethod):
 
     Args:
         temperature: t of the logits.
-        estimator: ``infonce`` (MoCo), ``dcl`` or ``hcl`` over the queue's negatives.
-        tau_plus, beta: estimator parameters (see :func:`cssl.contrastive.info_nce`).
+            The estimator (``infonce`` for MoCo, ``dcl``, ``hcl``) over the queue's negatives and its parameters
+            are :class:`ContrastiveMethod` arguments.
         queue_size: K, entries of the queue.
         momentum: m of the key encoder's EMA, in [0, 1].
         momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
@@ -63,9 +63,6 @@ class MoCo(ContrastiveMethod):
         backbone: nn.Module,
         *,
         temperature: float = 0.2,
-        estimator: str = "infonce",
-        tau_plus: float = 0.0,
-        beta: float = 0.0,
         queue_size: int = QUEUE_SIZE,
         momentum: float = 0.999,
         momentum_schedule: str = "constant",
@@ -78,12 +75,10 @@ class MoCo(ContrastiveMethod):
         proj_batch_norm: bool = False,
         **kwargs: Any,
     ) -> None:
-        check_estimator(estimator, temperature, tau_plus, beta)
         check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
         check_unit_interval("method.momentum", momentum, closed_right=True)
         check_key_bn(key_bn, key_bn_splits)
-        super().__init__(backbone, **kwargs)
-        self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
+        super().__init__(backbone, temperature=temperature, **kwargs)
         self.key_bn, self.key_bn_splits, self.symmetric = key_bn, key_bn_splits, bool(symmetric)
         self.projector = mlp(
             self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
@@ -109,13 +104,13 @@ class MoCo(ContrastiveMethod):
         q = self.projector(feats)  # (B, D)
         k = self.keys(views[1])  # (B, D)
         pos, neg = self.query_logits(q, k)  # (B,), (B, K [+ S])
-        loss = self._loss(pos, neg)
+        loss = self.contrastive_loss(pos, neg)
         pending = [k]
         if self.symmetric:
             q2 = self.projector(self.backbone(views[1]))  # (B, D)
             k2 = self.keys(views[0])  # (B, D)
             pos2, neg2 = self.query_logits(q2, k2)
-            loss = (loss + self._loss(pos2, neg2)) / 2
+            loss = (loss + self.contrastive_loss(pos2, neg2)) / 2
             pending.append(k2)
         self._pending_keys = torch.cat(pending)  # (B or 2B, D), enqueued after the optimiser step
         return loss, feats, self._diagnostics(pos, neg, momentum)
@@ -168,9 +163,6 @@ class MoCo(ContrastiveMethod):
     def extra_negatives(self, q: Tensor) -> Tensor | None:
         """Per-query negatives appended to each row (a logits transform); MoCo has none."""
         return None
-
-    def _loss(self, pos: Tensor, neg: Tensor) -> Tensor:
-        return info_nce(pos, neg, self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=self.beta)
 
     def _diagnostics(self, pos: Tensor, neg: Tensor, momentum: float) -> dict[str, Tensor]:
         """Every step: the momentum (when scheduled); every ``diagnostics.every_n_steps``: the standard

@@ -69,12 +69,12 @@ def test_methods_vector_loss_and_per_query():
     q, k = torch.tensor([[1.0, 2], [2, -1]]), torch.tensor([[1.0, 1], [1, -1]])  # normalised inside
     pos, neg = model.query_logits(q, k)
     assert neg.shape == (2, 4)
-    assert model._loss(pos, neg).item() == pytest.approx(0.769728, abs=1e-6)
+    assert model.contrastive_loss(pos, neg).item() == pytest.approx(0.769728, abs=1e-6)
     assert info_nce_per_anchor(pos, neg, 0.2).tolist() == pytest.approx([0.612885, 0.926572], abs=1e-6)
 
     second = make(queue_size=5, proj_output_dim=2)
     second.queue.queue.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0.8, -0.6], [0.28, 0.96]]))
-    assert second._loss(*second.query_logits(q, k)).item() == pytest.approx(1.098535, abs=1e-6)
+    assert second.contrastive_loss(*second.query_logits(q, k)).item() == pytest.approx(1.098535, abs=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -87,12 +87,12 @@ def test_every_estimator_with_the_queue(estimator):
     model = make(temperature=0.3, **est)
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
-    loss = model._loss(*model.query_logits(q, k))
+    loss = model.contrastive_loss(*model.query_logits(q, k))
     assert loss.item() == pytest.approx(reference(q, k, model.queue.queue, 0.3, **est), abs=1e-5)
 
     mochi = make(MoChi, temperature=0.3, n_hard=5, s=4, s_prime=3, mochi_warmup_epochs=0, **est)
     torch.manual_seed(7)
-    loss = mochi._loss(*mochi.query_logits(q, k))
+    loss = mochi.contrastive_loss(*mochi.query_logits(q, k))
     torch.manual_seed(7)
     synthetic = mochi_negatives(q, mochi.queue.queue, n_hard=5, s=4, s_prime=3)  # (B, 7, D)
     negatives = torch.cat([mochi.queue.queue.expand(B, -1, -1), synthetic], dim=1)  # (B, K + 7, D)

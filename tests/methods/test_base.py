@@ -1,0 +1,36 @@
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from cssl.contrastive import info_nce
+from cssl.contrastive.estimators import annealed_beta
+from cssl.errors import ConfigError
+from cssl.methods import METHODS
+from cssl.optim import OptimSettings
+
+
+def _tiny(name: str, **kwargs):
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    net.num_features = 4
+    extra = {"moco": {"queue_size": 8}, "mochi": {"queue_size": 8, "n_hard": 4}, "adco": {"bank_size": 8}}
+    return METHODS[name](
+        net, num_classes=3, batch_size=4, optim=OptimSettings(), proj_hidden_dim=8, **extra.get(name, {}), **kwargs
+    )
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_takes_every_estimator_and_anneals_beta(name):
+    model = _tiny(name, estimator="hcl", tau_plus=0.1, beta=0.9, beta_anneal=True)
+    assert model.current_beta() == 0.9  # no trainer yet
+    model._trainer = SimpleNamespace(estimated_stepping_batches=100, global_step=50)
+    assert model.current_beta() == pytest.approx(annealed_beta(0.9, 0.5))
+    pos, neg = torch.rand(3) * 2 - 1, torch.rand(3, 5) * 2 - 1
+    expected = info_nce(pos, neg, model.temperature, estimator="hcl", tau_plus=0.1, beta=annealed_beta(0.9, 0.5))
+    assert model.contrastive_loss(pos, neg).item() == pytest.approx(expected.item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_every_method_validates_the_estimator(name):
+    with pytest.raises(ConfigError, match="tau_plus"):
+        _tiny(name, estimator="dcl", tau_plus=1.0)
