@@ -13,7 +13,6 @@ added (AdCo's multi-crop recipe). The bank's gradient gets the same weights as t
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
@@ -24,16 +23,13 @@ from torch import Tensor
 from cssl import distributed
 from cssl.contrastive import AdversarialBank
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
 from cssl.errors import check
-from cssl.heads import mlp
-from cssl.methods.base import ContrastiveMethod
-from cssl.methods.moco import check_key_bn_device
+from cssl.methods.momentum import MomentumMethod
 
 BANK_SIZE = 65536  # AdCo's ImageNet K
 
 
-class AdCo(ContrastiveMethod):
+class AdCo(MomentumMethod):
     """Adversarial contrast: negatives are the other images' keys and K learned adversarial vectors.
 
     Args:
@@ -46,12 +42,9 @@ class AdCo(ContrastiveMethod):
         mem_momentum: momentum of the bank's ascent, in [0, 1).
         mem_wd: weight decay of the bank.
         bank_init: ``keys`` (columns filled from the first gathered keys) or ``random``.
-        momentum: m of the key encoder's EMA, in [0, 1].
-        momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
-        key_bn, key_bn_splits: BN of the key forward, as MoCo's (:func:`cssl.contrastive.momentum.encode_keys`).
+        proj_output_dim: dimension of the projections (queries, keys, negatives).
         symmetric: both views serve as query against the other's keys; the two losses are averaged.
-        proj_hidden_dim, proj_output_dim, proj_layers, proj_batch_norm: projector MLP (MoCo v2's head).
-        **kwargs: :class:`ContrastiveMethod` arguments.
+        **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
     """
 
     def __init__(
@@ -65,18 +58,10 @@ class AdCo(ContrastiveMethod):
         mem_momentum: float = 0.9,
         mem_wd: float = 1e-4,
         bank_init: str = "keys",
-        momentum: float = 0.999,
-        momentum_schedule: str = "constant",
-        key_bn: str = "auto",
-        key_bn_splits: int = 8,
-        symmetric: bool = False,
-        proj_hidden_dim: int = 2048,
         proj_output_dim: int = 128,
-        proj_layers: int = 2,
-        proj_batch_norm: bool = False,
+        symmetric: bool = False,
         **kwargs: Any,
     ) -> None:
-        check_key_bn(key_bn, key_bn_splits)
         bank = AdversarialBank(
             proj_output_dim,
             bank_size,
@@ -86,24 +71,10 @@ class AdCo(ContrastiveMethod):
             weight_decay=mem_wd,
             init=bank_init,
         )
-        super().__init__(backbone, temperature=temperature, **kwargs)
+        super().__init__(backbone, temperature=temperature, proj_output_dim=proj_output_dim, **kwargs)
         self.symmetric = bool(symmetric)
-        self.key_bn, self.key_bn_splits = key_bn, key_bn_splits
-        self.projector = mlp(
-            self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
-        )
-        self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
-        if key_bn == "sync":
-            self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
         self.bank = bank
         self._optimizer_stepped = False
-
-    def setup(self, stage: str) -> None:
-        check_key_bn_device(self)
-
-    def _online(self) -> nn.Module:
-        """The online (backbone, projector) pair, in the parameter order of the key encoder."""
-        return nn.Sequential(self.backbone, self.projector)
 
     # -- the step ------------------------------------------------------------------------------------
     def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -155,18 +126,6 @@ class AdCo(ContrastiveMethod):
         self._optimizer_stepped = False
         self.bank.step()
         self.key_encoder.update(self._online(), self.current_momentum())
-
-    def current_momentum(self) -> float:
-        trainer = self._trainer
-        total = trainer.estimated_stepping_batches if trainer is not None else 0
-        total = int(total) if math.isfinite(total) else 0
-        return self.key_encoder.momentum_at(self.global_step, total)
-
-    def keys(self, x: Tensor) -> Tensor:
-        """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP,
-        split BN on one device (``method.key_bn``, as MoCo)."""
-        k = encode_keys(self.key_encoder, x, key_bn=self.key_bn, splits=self.key_bn_splits)  # (B, D)
-        return F.normalize(at_least_fp32(k), dim=1)
 
     @staticmethod
     def _normalize(q: Tensor) -> Tensor:

@@ -8,21 +8,17 @@ of all ranks are enqueued (never the synthetic negatives).
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from pytorch_lightning.accelerators import CPUAccelerator
 from torch import Tensor
 
 from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
-from cssl.errors import check, check_unit_interval
-from cssl.heads import mlp
-from cssl.methods.base import ContrastiveMethod
+from cssl.errors import check
+from cssl.methods.momentum import MomentumMethod
 
 QUEUE_SIZE = 65536  # MoCo's ImageNet default
 
@@ -31,16 +27,7 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_key_bn_device(method: ContrastiveMethod) -> None:
-    """``key_bn=sync`` needs accelerators: SyncBatchNorm has no CPU kernel (a one-line error at setup)."""
-    on_cpu = isinstance(method.trainer.accelerator, CPUAccelerator)
-    check(
-        not (getattr(method, "key_bn", None) == "sync" and on_cpu and method.trainer.world_size > 1),
-        "method.key_bn=sync needs GPUs (SyncBatchNorm has no CPU kernel); use method.key_bn=shuffle",
-    )
-
-
-class MoCo(ContrastiveMethod):
+class MoCo(MomentumMethod):
     """MoCo v2: queries from the online encoder, keys from its EMA copy, negatives from a queue of keys.
 
     Args:
@@ -48,14 +35,9 @@ class MoCo(ContrastiveMethod):
             The estimator (``infonce`` for MoCo, ``dcl``, ``hcl``) over the queue's negatives and its parameters
             are :class:`ContrastiveMethod` arguments.
         queue_size: K, entries of the queue.
-        momentum: m of the key encoder's EMA, in [0, 1].
-        momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
-        key_bn: BN mode of the key forward, see :func:`encode_keys`; ``sync`` converts the key encoder's BN
-            layers to SyncBatchNorm.
-        key_bn_splits: chunks of the ``split`` mode.
+        proj_output_dim: dimension of the projections (queries, keys, negatives).
         symmetric: both views serve as query, the two losses are averaged and both key sets enqueued.
-        proj_hidden_dim, proj_output_dim, proj_layers, proj_batch_norm: projector MLP (MoCo v2's has no BN).
-        **kwargs: :class:`ContrastiveMethod` arguments.
+        **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
     """
 
     def __init__(
@@ -64,38 +46,16 @@ class MoCo(ContrastiveMethod):
         *,
         temperature: float = 0.2,
         queue_size: int = QUEUE_SIZE,
-        momentum: float = 0.999,
-        momentum_schedule: str = "constant",
-        key_bn: str = "auto",
-        key_bn_splits: int = 8,
-        symmetric: bool = False,
-        proj_hidden_dim: int = 2048,
         proj_output_dim: int = 128,
-        proj_layers: int = 2,
-        proj_batch_norm: bool = False,
+        symmetric: bool = False,
         **kwargs: Any,
     ) -> None:
         check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
-        check_unit_interval("method.momentum", momentum, closed_right=True)
-        check_key_bn(key_bn, key_bn_splits)
-        super().__init__(backbone, temperature=temperature, **kwargs)
-        self.key_bn, self.key_bn_splits, self.symmetric = key_bn, key_bn_splits, bool(symmetric)
-        self.projector = mlp(
-            self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
-        )
-        self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
-        if key_bn == "sync":
-            self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
+        super().__init__(backbone, temperature=temperature, proj_output_dim=proj_output_dim, **kwargs)
+        self.symmetric = bool(symmetric)
         self.queue = QueuePool(queue_size, proj_output_dim)
         self._pending_keys: Tensor | None = None
         self._ema_step = -1  # global step of the last EMA update
-
-    def setup(self, stage: str) -> None:
-        check_key_bn_device(self)
-
-    def _online(self) -> nn.Module:
-        """The online (backbone, projector) pair, in the parameter order of the key encoder."""
-        return nn.Sequential(self.backbone, self.projector)
 
     # -- the step ------------------------------------------------------------------------------------
     def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
@@ -126,20 +86,12 @@ class MoCo(ContrastiveMethod):
         Under a trainer it steps once per optimiser step: with gradient accumulation the later micro-batches
         of a step find the online weights unchanged and skip it (else m would act as m^accumulation).
         """
-        trainer = self._trainer
-        total = trainer.estimated_stepping_batches if trainer is not None else 0
-        total = int(total) if math.isfinite(total) else 0
-        momentum = self.key_encoder.momentum_at(self.global_step, total)
-        if trainer is not None and self._ema_step == self.global_step:
+        momentum = self.current_momentum()
+        if self._trainer is not None and self._ema_step == self.global_step:
             return momentum
         self._ema_step = self.global_step
         self.key_encoder.update(self._online(), momentum)
         return momentum
-
-    def keys(self, x: Tensor) -> Tensor:
-        """Unit keys (B, D) of the key encoder, no gradient, in fp32."""
-        k = encode_keys(self.key_encoder, x, key_bn=self.key_bn, splits=self.key_bn_splits)  # (B, D)
-        return F.normalize(at_least_fp32(k), dim=1)
 
     def query_logits(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Cosine similarities of the unit queries with their key and with the negatives.
