@@ -31,6 +31,7 @@ def mochi_negatives(
     s: int,
     s_prime: int,
     generator: torch.Generator | None = None,
+    sim: Tensor | None = None,
 ) -> Tensor:
     """Synthetic hard negatives of each query, without gradient.
 
@@ -41,6 +42,8 @@ def mochi_negatives(
         s: mixes of two hard negatives per query (>= 0).
         s_prime: mixes of the query with one hard negative per query (>= 0).
         generator: random source of the draws (default: the global generator).
+        sim: (B, K) similarities q.negatives if the caller has them already (the loss's logits), so that the
+            ranking does not repeat the product.
 
     Returns:
         (B, s + s_prime, D) unit vectors: the s mixes of negatives, then the s_prime mixes with the query.
@@ -49,7 +52,7 @@ def mochi_negatives(
     q = F.normalize(at_least_fp32(q.detach()), dim=1)  # (B, D)
     negatives = negatives.detach().to(q.dtype)  # (K, D)
     b, device = q.shape[0], q.device
-    hard = hardest_indices(q, negatives, n_hard)  # (B, N)
+    hard = hardest_indices(q, negatives, n_hard, sim)  # (B, N)
 
     def ranks(count: int) -> Tensor:
         return torch.randint(n_hard, (b, count), generator=generator, device=device)
@@ -62,9 +65,12 @@ def mochi_negatives(
     return mix_hard_negatives(q, negatives, hard, pair_i, pair_j, alpha, query_j, beta)
 
 
-def hardest_indices(q: Tensor, negatives: Tensor, n_hard: int) -> Tensor:
+def hardest_indices(q: Tensor, negatives: Tensor, n_hard: int, sim: Tensor | None = None) -> Tensor:
     """(B, N) indices into ``negatives`` of each query's N most similar rows, hardest first."""
-    sim = q @ negatives.T  # (B, K)
+    if sim is None:
+        sim = q @ negatives.T  # (B, K)
+    elif sim.shape != (q.shape[0], negatives.shape[0]):
+        raise ValueError(f"sim must be (B, K) = {(q.shape[0], negatives.shape[0])}, got {tuple(sim.shape)}")
     return sim.topk(n_hard, dim=1, sorted=True).indices  # (B, N)
 
 

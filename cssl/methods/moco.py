@@ -107,13 +107,14 @@ class MoCo(MomentumMethod):
             k = F.normalize(at_least_fp32(k.detach()), dim=1).to(q.dtype)  # (B, D)
             pos = (q * k).sum(1)  # (B,)
             neg = q @ self.queue.negatives().to(q.dtype).T  # (B, K)
-            extra = self.extra_negatives(q)  # (B, S, D) or None
+            extra = self.extra_negatives(q, neg)  # (B, S, D) or None
             if extra is not None:
                 neg = torch.cat([neg, torch.einsum("bd,bsd->bs", q, extra.to(q.dtype))], dim=1)  # (B, K + S)
         return pos, neg
 
-    def extra_negatives(self, q: Tensor) -> Tensor | None:
-        """Per-query negatives appended to each row (a logits transform); MoCo has none."""
+    def extra_negatives(self, q: Tensor, sim: Tensor) -> Tensor | None:
+        """Per-query negatives appended to each row (a logits transform) given the unit queries (B, D) and
+        their queue similarities (B, K); MoCo has none."""
         return None
 
     def _diagnostics(self, pos: Tensor, neg: Tensor, momentum: float) -> dict[str, Tensor]:
@@ -171,8 +172,10 @@ class MoChi(MoCo):
     def mixing_active(self) -> bool:
         return self.s + self.s_prime > 0 and self.current_epoch >= self.mochi_warmup_epochs
 
-    def extra_negatives(self, q: Tensor) -> Tensor | None:
+    def extra_negatives(self, q: Tensor, sim: Tensor) -> Tensor | None:
         if not self.mixing_active():
             return None
         negatives = self.queue.negatives()
-        return mochi_negatives(q, negatives, n_hard=self.n_hard, s=self.s, s_prime=self.s_prime)  # (B, s + s', D)
+        return mochi_negatives(
+            q, negatives, n_hard=self.n_hard, s=self.s, s_prime=self.s_prime, sim=sim.detach()
+        )  # (B, s + s', D)

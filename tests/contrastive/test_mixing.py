@@ -149,3 +149,16 @@ def test_bad_arguments(kwargs, match):
     args = {"n_hard": 3, "s": 2, "s_prime": 1, **kwargs}
     with pytest.raises(ValueError, match=match):
         mochi_negatives(torch.randn(2, 4), F.normalize(torch.randn(10, 4), dim=1), **args)
+
+
+def test_precomputed_similarities_give_the_same_negatives():
+    g = torch.Generator().manual_seed(11)
+    q = F.normalize(torch.randn(4, 6, generator=g), dim=1)
+    negatives = F.normalize(torch.randn(20, 6, generator=g), dim=1)
+    plain = mochi_negatives(q, negatives, n_hard=5, s=3, s_prime=2, generator=torch.Generator().manual_seed(1))
+    given = mochi_negatives(
+        q, negatives, n_hard=5, s=3, s_prime=2, generator=torch.Generator().manual_seed(1), sim=q @ negatives.T
+    )
+    assert torch.equal(plain, given)
+    with pytest.raises(ValueError, match="sim"):
+        mochi_negatives(q, negatives, n_hard=5, s=3, s_prime=2, sim=torch.zeros(4, 3))
