@@ -24,9 +24,7 @@ figures are per core and less disturbed by other jobs (``--threads`` to change).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -35,6 +33,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import median_seconds  # noqa: E402
 from cssl.contrastive import nt_xent  # noqa: E402
 
 TEMPERATURE = 0.2
@@ -58,16 +57,6 @@ def lightly_loss() -> Callable | None:
     except ImportError:
         return None
     return NTXentLoss(temperature=TEMPERATURE)
-
-
-def median_seconds(fn: Callable[[], None], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def saved_bytes(loss_fn: Callable[[], torch.Tensor]) -> int:
