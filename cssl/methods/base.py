@@ -231,7 +231,7 @@ class ContrastiveMethod(pl.LightningModule):
         scores = knn_predict(query, bank[keep], bank_y[keep], self.num_classes, k=self.knn_k, temperature=self.knn_t)
         top1 = (scores.argmax(1) == query_y).float().mean()
         self.log("val/knn_top1", top1, add_dataloader_idx=False)
-        self.last_val_embedding = (query.detach().cpu(), query_y.detach().cpu())
+        self.last_val_embedding = (query.detach(), query_y.detach())  # to the host only if a map is drawn
         if self.diagnostics_every_n_steps > 0:
             self.log("val/uniformity", uniformity(query), add_dataloader_idx=False)
             self.log(
