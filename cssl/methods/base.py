@@ -7,6 +7,7 @@ A method subclasses :class:`ContrastiveMethod` and implements :meth:`contrastive
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,7 +36,8 @@ class ContrastiveMethod(pl.LightningModule):
         probe_lr: learning rate of the online linear probe (trained on detached features, no weight decay).
         temperature, estimator, tau_plus, beta: the loss (:func:`cssl.contrastive.info_nce`); every method
             takes every estimator, whatever its pool of negatives.
-        beta_anneal: lower HCL's beta to 0 in 9 steps over training (:func:`annealed_beta`).
+        beta_anneal: lower HCL's beta to 0 in 9 steps over the epochs, as the official code
+            (:func:`annealed_beta`).
         knn_k, knn_t: neighbours and temperature of the online kNN classifier.
         diagnostics_every_n_steps: log negative-sampling diagnostics (``neg/...``) every this many steps
             and validation diagnostics (``val/uniformity``, ...) at each validation; 0 turns them off.
@@ -147,11 +149,16 @@ class ContrastiveMethod(pl.LightningModule):
         )
 
     def current_beta(self) -> float:
-        """HCL's beta at this step (annealed to 0 in 9 steps with ``beta_anneal``; a Python number)."""
+        """HCL's beta in this epoch (with ``beta_anneal``, the official per-epoch schedule of
+        :func:`annealed_beta`; a Python number)."""
         if not self.beta_anneal or self._trainer is None:
             return self.beta
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return annealed_beta(self.beta, self.global_step / total)
+        trainer = self.trainer
+        epochs = trainer.max_epochs
+        if trainer.max_steps not in (-1, None) or not epochs or epochs < 0:  # a run bounded by steps
+            per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+            epochs = math.ceil(trainer.estimated_stepping_batches / per_epoch)
+        return annealed_beta(self.beta, self.current_epoch, max(1, int(epochs)))
 
     def diagnose(self) -> bool:
         """Whether this training step logs diagnostics (a Python check: no device synchronisation)."""
