@@ -22,7 +22,8 @@ from cssl.optim import OptimSettings
 
 
 def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2) -> MultiView:
-    """``num_views`` views at ``image_size``, then the extra multi-crop views of ``data.multicrop`` (if any).
+    """``num_views`` views at ``image_size``, then the extra multi-crop views of ``data.multicrop`` (if any),
+    then FNC's support views (``method.fnc_support_views`` when ``method.fnc`` is on).
 
     ``data.multicrop`` is null or ``{sizes: [S, ...], scales: [[min, max], ...]}``: one extra view per size,
     with its own crop area range and the rest of ``data.augment``. Methods that do not use extra views
@@ -55,7 +56,18 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
             )
             options = {**augment, "crop_scale": scale}
             views.append(ViewAugment(size, mean=mean, std=std, **options))
+    # FNC's support views last: full-size views of the same augmentation (NEGATIVES.md 1.1, FNC data.py:116-133)
+    views += [ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(support_view_count(cfg))]
     return MultiView(views)
+
+
+def support_view_count(cfg: DictConfig) -> int:
+    """FNC's extra support views per image: ``method.fnc_support_views`` when ``method.fnc`` is on, else 0."""
+    method = cfg.method
+    count = method.get("fnc_support_views", 0)
+    if method.get("fnc", "none") == "none" or not isinstance(count, int) or isinstance(count, bool):
+        return 0  # a bad value is reported by the method's own check
+    return max(0, count)
 
 
 def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:

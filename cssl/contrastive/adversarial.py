@@ -55,7 +55,13 @@ def adversarial_similarities(
 
 
 def bank_loss_and_gradient(
-    q: Tensor, keys: Tensor, weight: Tensor, temperature: float, pos_offset: int, valid: Tensor | None = None
+    q: Tensor,
+    keys: Tensor,
+    weight: Tensor,
+    temperature: float,
+    pos_offset: int,
+    valid: Tensor | None = None,
+    neg_mask: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """L_mem, the mean cross-entropy of ``[q.k_all | q.d] / temperature`` (label: the own key), and dL_mem/dW.
 
@@ -67,6 +73,8 @@ def bank_loss_and_gradient(
         q: (B, D) normalised queries (detached). keys: (B_g, D) normalised gathered keys.
         weight: (D, K) the unnormalised bank. temperature: mem_t.
         pos_offset, valid: as :func:`adversarial_similarities`.
+        neg_mask: (B, B_g + K) bool, the network loss's negatives after a selection transform (FNC
+            elimination, ring): other columns leave the partition, so they get no ascent this step.
 
     Returns:
         L_mem (scalar) and dL_mem/dW (D, K); columns that are not valid get a zero gradient.
@@ -80,6 +88,12 @@ def bank_loss_and_gradient(
         logits = sim / temperature  # (B, B_g + K)
         if valid is not None:
             logits[:, keys.shape[0] :] = logits[:, keys.shape[0] :].masked_fill(~valid[None, :], float("-inf"))
+        if neg_mask is not None:
+            keep = neg_mask.clone()  # (B, B_g + K)
+            keep[torch.arange(q.shape[0], device=q.device), torch.arange(q.shape[0], device=q.device) + pos_offset] = (
+                True
+            )
+            logits = logits.masked_fill(~keep, float("-inf"))
         log_z = torch.logsumexp(logits, dim=1)  # (B,)
         loss = (log_z - pos / temperature).mean()
         b = q.shape[0]
@@ -181,9 +195,14 @@ class AdversarialBank(nn.Module):
             )
 
     @torch.no_grad()
-    def accumulate(self, q: Tensor, keys: Tensor, pos_offset: int, weight: float = 1.0) -> Tensor:
-        """Add ``weight * dL_mem/dW`` of these (detached) queries to the pending gradient; returns L_mem."""
-        loss, grad = bank_loss_and_gradient(q, keys, self.weight, self.temperature, pos_offset, self.valid())
+    def accumulate(
+        self, q: Tensor, keys: Tensor, pos_offset: int, weight: float = 1.0, neg_mask: Tensor | None = None
+    ) -> Tensor:
+        """Add ``weight * dL_mem/dW`` of these (detached) queries to the pending gradient; returns L_mem.
+
+        ``neg_mask`` (B, B_g + K): the negatives the network's loss kept (see :func:`bank_loss_and_gradient`).
+        """
+        loss, grad = bank_loss_and_gradient(q, keys, self.weight, self.temperature, pos_offset, self.valid(), neg_mask)
         grad = grad.to(self.weight.dtype) * weight
         self._grad = grad if self._grad is None else self._grad + grad
         return loss.detach()

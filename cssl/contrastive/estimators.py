@@ -46,6 +46,7 @@ def info_nce(
     tau_plus: float = 0.0,
     beta: float = 0.0,
     neg_mask: Tensor | None = None,
+    extra_pos: Tensor | None = None,
 ) -> Tensor:
     """InfoNCE-style loss from cosine similarities, mean over anchors.
 
@@ -58,6 +59,14 @@ def info_nce(
         beta: hardness concentration, >= 0 (HCL).
         neg_mask: (B, M) bool, True where ``neg`` holds a real negative; N of a row is its count.
             None means every entry is a negative.
+        extra_pos: (B, M) bool, columns that act as additional positives (false-negative attraction,
+            NEGATIVES.md 1.4): they are never negatives, they join the partition, and the positive and
+            they are averaged in log space with weight 1/(1+|F_a|) each. None: no extra positives.
+
+    An anchor with no negative left (all masked, e.g. by false-negative elimination or an empty ring) has
+    a negative term of exactly 0 with every estimator: its loss is 0 (or, with extra positives, the
+    attraction term alone) with a zero gradient. Such rows count in the mean as 0, as the official ring
+    code does (NEGATIVES.md 1.3, 2.1): the loss keeps its scale whatever share of rows is empty.
 
     Returns:
         Scalar fp32 loss, the mean over the B anchors.
@@ -68,7 +77,7 @@ def info_nce(
         0.693147
     """
     return info_nce_per_anchor(
-        pos, neg, temperature, estimator=estimator, tau_plus=tau_plus, beta=beta, neg_mask=neg_mask
+        pos, neg, temperature, estimator=estimator, tau_plus=tau_plus, beta=beta, neg_mask=neg_mask, extra_pos=extra_pos
     ).mean()
 
 
@@ -81,19 +90,27 @@ def info_nce_per_anchor(
     tau_plus: float = 0.0,
     beta: float = 0.0,
     neg_mask: Tensor | None = None,
+    extra_pos: Tensor | None = None,
 ) -> Tensor:
     """As :func:`info_nce`, without the mean: (B,) losses."""
     check_estimator(estimator, temperature, tau_plus, beta)
     if pos.dim() != 1 or neg.dim() != 2 or neg.shape[0] != pos.shape[0]:
         raise ValueError(f"expected pos (B,) and neg (B, M), got {tuple(pos.shape)} and {tuple(neg.shape)}")
-    if neg_mask is not None and neg_mask.shape != neg.shape:
-        raise ValueError(f"neg_mask {tuple(neg_mask.shape)} must match neg {tuple(neg.shape)}")
+    for name, m in (("neg_mask", neg_mask), ("extra_pos", extra_pos)):
+        if m is not None and m.shape != neg.shape:
+            raise ValueError(f"{name} {tuple(m.shape)} must match neg {tuple(neg.shape)}")
+    if extra_pos is not None:
+        neg_mask = ~extra_pos if neg_mask is None else neg_mask & ~extra_pos  # (B, M)
     with torch.autocast(device_type=pos.device.type, enabled=False):
         pos_logit = at_least_fp32(pos) / temperature  # (B,)
-        neg_logit = at_least_fp32(neg) / temperature  # (B, M)
+        raw_logit = neg_logit = at_least_fp32(neg) / temperature  # (B, M)
+        empty = None
         if neg_mask is not None:
-            # one pass, no negated copy of the mask
-            neg_logit = torch.where(neg_mask, neg_logit, neg_logit.new_full((), float("-inf")))
+            # rows with no negative left are computed on a constant stand-in (logits 0 on every column), so
+            # that every estimator's arithmetic and gradient stay finite; their term is set to 0 below
+            empty = ~neg_mask.any(1)  # (B,)
+            fill = torch.where(empty, 0.0, float("-inf")).to(neg_logit.dtype)[:, None]  # (B, 1)
+            neg_logit = torch.where(neg_mask, neg_logit, fill)  # one pass, no negated copy of the mask
         if estimator == "hcl" and beta != 0:
             log_sum = torch.logsumexp((1.0 + beta) * neg_logit, dim=1)  # (B,)
             log_beta_sum = torch.logsumexp(beta * neg_logit, dim=1)  # (B,)
@@ -102,10 +119,24 @@ def info_nce_per_anchor(
         if estimator == "infonce":
             log_n = None
         elif neg_mask is not None:
-            log_n = torch.log(neg_mask.sum(1).to(pos_logit.dtype))  # (B,)
+            count = torch.where(empty, neg.shape[1], neg_mask.sum(1))  # (B,) the stand-in counts M
+            log_n = torch.log(count.to(pos_logit.dtype))  # (B,)
         else:
             log_n = torch.full_like(pos_logit, math.log(neg.shape[1]) if neg.shape[1] else float("-inf"))
-        return loss_from_log_sums(pos_logit, log_sum, log_beta_sum, log_n, temperature, estimator, tau_plus)
+        log_ng = log_negative_term(pos_logit, log_sum, log_beta_sum, log_n, temperature, estimator, tau_plus)
+        if empty is not None:
+            log_ng = torch.where(empty, float("-inf"), log_ng)  # (B,) Ng = 0 exactly, zero gradient
+        if extra_pos is None:
+            return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
+        return _attraction(pos_logit, raw_logit, log_ng, extra_pos)
+
+
+def _attraction(pos_logit: Tensor, logit: Tensor, log_ng: Tensor, extra_pos: Tensor) -> Tensor:
+    """log Z_a - (s+_a/t + sum_F s_af/t) / (1 + |F_a|), Z_a = e^{s+/t} + sum_F e^{s_af/t} + Ng_a (NEGATIVES.md 1.4)."""
+    log_extra = torch.logsumexp(torch.where(extra_pos, logit, float("-inf")), dim=1)  # (B,), -inf if F_a empty
+    log_z = torch.logsumexp(torch.stack([pos_logit, log_ng, log_extra]), dim=0)  # (B,)
+    extra_sum = torch.where(extra_pos, logit, 0.0).sum(1)  # (B,)
+    return log_z - (pos_logit + extra_sum) / (1 + extra_pos.sum(1)).to(pos_logit.dtype)  # (B,)
 
 
 def loss_from_log_sums(
@@ -126,6 +157,21 @@ def loss_from_log_sums(
         log_n: log N_i (None for ``infonce``, which does not use it).
         temperature, estimator, tau_plus: as :func:`info_nce`.
     """
+    log_ng = log_negative_term(pos_logit, log_sum, log_beta_sum, log_n, temperature, estimator, tau_plus)
+    # -log(e^p / (e^p + Ng)) = logaddexp(p, log Ng) - p
+    return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
+
+
+def log_negative_term(
+    pos_logit: Tensor,
+    log_sum: Tensor,
+    log_beta_sum: Tensor | None,
+    log_n: Tensor | None,
+    temperature: float,
+    estimator: str,
+    tau_plus: float,
+) -> Tensor:
+    """log Ng_i, the estimator's negative term, from the same row reductions as :func:`loss_from_log_sums`."""
     if estimator == "infonce":
         log_ng = log_sum
     else:
@@ -133,8 +179,7 @@ def loss_from_log_sums(
             # log( sum_j imp_ij neg_ij / mean_j imp_ij ), imp_ij = e^{beta s_ij / t}
             log_sum = log_sum - (log_beta_sum - log_n)
         log_ng = _debias(log_sum, pos_logit, log_n, temperature, tau_plus)
-    # -log(e^p / (e^p + Ng)) = logaddexp(p, log Ng) - p
-    return torch.logaddexp(pos_logit, log_ng) - pos_logit  # (B,)
+    return log_ng  # (B,)
 
 
 def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: float, tau_plus: float) -> Tensor:

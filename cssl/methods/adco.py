@@ -62,6 +62,11 @@ class AdCo(MomentumMethod):
         symmetric: bool = False,
         **kwargs: Any,
     ) -> None:
+        check(
+            kwargs.get("fnc", "none") != "attract",
+            "method.fnc=attract is not defined with AdCo's adversarial bank (its negatives ascend the loss); "
+            "use method.fnc=eliminate",
+        )
         bank = AdversarialBank(
             proj_output_dim,
             bank_size,
@@ -86,10 +91,14 @@ class AdCo(MomentumMethod):
         queries = list(z.split(b))  # n_main x (B, D)
         for group in _same_size_groups(views[2:]):
             queries.extend(self.encode_views(group, self.projector)[1].split(b))  # len(group) x (B, D)
-        k1 = distributed.gather(self.keys(views[1]))  # (B_g, D)
+        local = [self.keys(views[1])]  # (B, D)
+        if self.symmetric:
+            local.append(self.keys(views[0]))  # (B, D)
+        k1 = distributed.gather(local[0])  # (B_g, D)
         keys = [k1]
         if self.symmetric:
-            keys.insert(0, distributed.gather(self.keys(views[0])))  # keys of view 0 pair with queries of view 1
+            keys.insert(0, distributed.gather(local[1]))  # keys of view 0 pair with queries of view 1
+        select = self._selection_inputs(local, b) if self.negatives.active else None
         pairs = [(queries[0], k1, 1.0 / n_main)]
         if self.symmetric:
             pairs.append((queries[1], keys[0], 1.0 / n_main))
@@ -101,15 +110,31 @@ class AdCo(MomentumMethod):
         for i, (q, k, weight) in enumerate(pairs):
             z = self._normalize(q)  # (B, D)
             pos, sim, neg_mask = self.bank.similarities(z, k, offset)  # (B,), (B, B_g + K), (B, B_g + K)
+            real_mask, selected = neg_mask, None
+            if select is not None:  # FNC elimination and the ring; the bank's ascent sees the same mask
+                candidates = torch.cat([k, self.bank.directions().T.to(k.dtype)])  # (B_g + K, D)
+                selected = neg_mask = self.select_negatives(sim, neg_mask, candidates=candidates, **select).mask
             loss = loss + weight * self.contrastive_loss(pos, sim, neg_mask)
             if self.training:
-                mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate)
+                mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate, neg_mask=selected)
                 if i == 0:
-                    logs = self._diagnostics(pos, sim, neg_mask, k, mem_loss)
+                    logs = self._diagnostics(pos, sim, real_mask, k, mem_loss)
         if self.training:
             for k in keys:
                 self.bank.offer_keys(k)
         return loss, feats[:b], logs
+
+    def _selection_inputs(self, local_keys: list[Tensor], b: int) -> dict[str, Any]:
+        """FNC's support set (momentum keys of the image's views and support views) and, when diagnosing,
+        the labels of the rows and of the columns (gathered keys: their images'; bank: unknown)."""
+        inputs: dict[str, Any] = {}
+        if self.negatives.fnc != "none":
+            inputs["support"] = self.fnc_support(local_keys)  # (B, V + S, D)
+        y = self._batch_labels
+        if y is not None and self.diagnose():
+            unknown = y.new_full((self.bank.size,), -1)  # (K,)
+            inputs.update(labels=y, candidate_labels=torch.cat([distributed.gather(y), unknown]))
+        return inputs
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         super().optimizer_step(*args, **kwargs)

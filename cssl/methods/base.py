@@ -19,6 +19,7 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from cssl.contrastive.estimators import annealed_beta, check_estimator, info_nce
+from cssl.contrastive.negatives import RING_EASY_OUTER, NegativeSelector, Selection, check_curriculum, ease, hardness
 from cssl.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
 from cssl.errors import check, check_positive
 from cssl.eval.knn import knn_predict
@@ -44,6 +45,11 @@ class ContrastiveMethod(pl.LightningModule):
         diagnostics_every_n_steps: log negative-sampling diagnostics (``neg/...``) every this many steps
             and validation diagnostics (``val/uniformity``, ...) at each validation; 0 turns them off.
         diagnostics_top_k: k of the hardness measure; false_negative_k: k of the false-negative rate.
+        fnc, fnc_top_k, fnc_threshold, fnc_support_views, fnc_aggregation, ring_outer, ring_inner: the
+            negative selection (:class:`cssl.contrastive.negatives.NegativeSelector`), with every pool.
+        curriculum: ``none``, ``linear`` or ``sqrt``: h(p) of training progress drives the hardness knobs
+            that are on from easy to hard (HCL's beta from 0, the ring's outer fraction from 1, MoChi's
+            mixes from 0), reaching them at progress ``curriculum_end`` (:func:`cssl.contrastive.negatives.hardness`).
     """
 
     def __init__(
@@ -65,9 +71,32 @@ class ContrastiveMethod(pl.LightningModule):
         diagnostics_every_n_steps: int = 0,
         diagnostics_top_k: int = 5,
         false_negative_k: int = 10,
+        fnc: str = "none",
+        fnc_top_k: int | None = 10,
+        fnc_threshold: float | None = 0.7,
+        fnc_support_views: int = 0,
+        fnc_aggregation: str = "max",
+        ring_outer: float | None = None,
+        ring_inner: float = 0.1,
+        curriculum: str = "none",
+        curriculum_end: float = 0.5,
     ) -> None:
         super().__init__()
         check_estimator(estimator, temperature, tau_plus, beta)
+        self.negatives = NegativeSelector(
+            fnc=fnc,
+            fnc_top_k=fnc_top_k,
+            fnc_threshold=fnc_threshold,
+            fnc_support_views=fnc_support_views,
+            fnc_aggregation=fnc_aggregation,
+            ring_outer=ring_outer,
+            ring_inner=ring_inner,
+        )
+        check_curriculum(curriculum, curriculum_end)
+        self.curriculum, self.curriculum_end = curriculum, curriculum_end
+        self._batch_labels: Tensor | None = None
+        self._support_views: list[Tensor] = []
+        self._selection_logs: dict[str, Tensor] = {}
         check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
         check(isinstance(knn_k, int) and knn_k >= 1, f"method.knn_k must be an integer >= 1, got {knn_k!r}")
         check_positive("method.knn_t", knn_t)
@@ -82,6 +111,7 @@ class ContrastiveMethod(pl.LightningModule):
             f"method.per_view_forward must be true or false, got {per_view_forward!r}",
         )
         self.per_view_forward = per_view_forward
+        self.check_curriculum_knobs()
         self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
         for name, value in (
             ("every_n_steps", diagnostics_every_n_steps),
@@ -159,8 +189,11 @@ class ContrastiveMethod(pl.LightningModule):
         """Modules trained by the main optimiser (not the probe)."""
         return [m for name, m in self.named_children() if name not in ("probe", "train_acc", "val_acc")]
 
-    def contrastive_loss(self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None) -> Tensor:
-        """The method's estimator over (pos (B,), neg (B, M)) cosine similarities, mean over anchors."""
+    def contrastive_loss(
+        self, pos: Tensor, neg: Tensor, neg_mask: Tensor | None = None, extra_pos: Tensor | None = None
+    ) -> Tensor:
+        """The method's estimator over (pos (B,), neg (B, M)) cosine similarities, mean over anchors
+        (``extra_pos``: false-negative attraction's extra positives)."""
         return info_nce(
             pos,
             neg,
@@ -169,11 +202,90 @@ class ContrastiveMethod(pl.LightningModule):
             tau_plus=self.tau_plus,
             beta=self.current_beta(),
             neg_mask=neg_mask,
+            extra_pos=extra_pos,
         )
 
+    # -- negative selection (FNC, ring) and the hardness curriculum ------------------------------------
+    def curriculum_knobs(self) -> list[str]:
+        """The hardness knobs that are on, which ``curriculum`` drives (a subclass adds its own)."""
+        knobs = ["beta"] if self.estimator == "hcl" and self.beta > 0 else []
+        return knobs + (["ring_outer"] if self.negatives.ring_outer is not None else [])
+
+    def check_curriculum_knobs(self) -> None:
+        if self.curriculum == "none":
+            return
+        check(
+            not self.beta_anneal,
+            "method.curriculum raises HCL's beta while method.beta_anneal lowers it: turn one of them off",
+        )
+        check(
+            bool(self.curriculum_knobs()),
+            f"method.curriculum={self.curriculum} drives HCL's beta (estimator=hcl, beta > 0), the ring "
+            "(method.ring_outer) or MoChi's mixes, and none of them is on",
+        )
+
+    def training_progress(self) -> float:
+        """p = global_step / total optimiser steps, in [0, 1] (0 without a trainer)."""
+        if self._trainer is None:
+            return 0.0
+        total = self.trainer.estimated_stepping_batches
+        if not (isinstance(total, int | float) and 0 < total < float("inf")):
+            return 0.0
+        return min(1.0, max(0.0, self.global_step / total))
+
+    def current_hardness(self) -> float:
+        """h(p) of the curriculum at this step (1: every knob at its configured value)."""
+        return hardness(self.training_progress(), self.curriculum, self.curriculum_end)
+
+    def current_ring_outer(self) -> float | None:
+        """The ring's outer fraction at this step: from 1 down to ``ring_outer`` under the curriculum."""
+        outer = self.negatives.ring_outer
+        if outer is None or self.curriculum == "none":
+            return outer
+        return ease(RING_EASY_OUTER, outer, self.current_hardness())
+
+    def select_negatives(
+        self,
+        sim: Tensor,
+        neg_mask: Tensor | None,
+        *,
+        support: Tensor | None = None,
+        candidates: Tensor | None = None,
+        image_of_row: Tensor | None = None,
+        labels: Tensor | None = None,
+        candidate_labels: Tensor | None = None,
+    ) -> Selection:
+        """FNC and the ring on one (sim (A, M), mask) row set; their diagnostics are logged by the step."""
+        diagnose = self.diagnose()
+        selection = self.negatives.select(
+            sim.detach(),
+            neg_mask,
+            support=support,
+            candidates=candidates,
+            image_of_row=image_of_row,
+            ring_outer=self.current_ring_outer(),
+            labels=labels if diagnose else None,
+            candidate_labels=candidate_labels if diagnose else None,
+            diagnose=diagnose,
+        )
+        for name, value in selection.logs.items():
+            self._selection_logs.setdefault(name, value)  # the first row set of a step (as the neg/ set)
+        return selection
+
+    def support_embeddings(self, encode: Any) -> Tensor | None:
+        """(B, S, D) embeddings of this step's FNC support views by ``encode`` (one pass, no gradient), or None."""
+        views = self._support_views
+        if not views:
+            return None
+        with torch.no_grad():
+            out = encode(torch.cat(views))  # (S*B, D)
+        return out.reshape(len(views), views[0].shape[0], -1).transpose(0, 1)  # (B, S, D)
+
     def current_beta(self) -> float:
-        """HCL's beta in this epoch (with ``beta_anneal``, the official per-epoch schedule of
-        :func:`annealed_beta`; a Python number)."""
+        """HCL's beta in this epoch or step: raised from 0 by the hardness curriculum, or lowered by
+        ``beta_anneal`` (the official per-epoch schedule of :func:`annealed_beta`); a Python number."""
+        if self.curriculum != "none":  # the hardness curriculum raises beta from 0 (NEGATIVES.md 4.2)
+            return ease(0.0, self.beta, self.current_hardness())
         if not self.beta_anneal or self._trainer is None:
             return self.beta
         trainer = self.trainer
@@ -214,6 +326,10 @@ class ContrastiveMethod(pl.LightningModule):
 
     def training_step(self, batch: tuple[list[Tensor], Tensor], batch_idx: int) -> Tensor:
         views, y = batch
+        support = self.negatives.fnc_support_views  # FNC's support views come last (build_views)
+        views, support_views = (views[:-support], views[-support:]) if support else (views, [])
+        self._batch_labels, self._selection_logs = y, {}
+        self._support_views = [self._images(v) for v in support_views]
         loss, feats, extra = self.contrastive_step([self._images(v) for v in views])
         logits = self.probe(feats.detach())
         # mean over labelled rows (label -1 = unlabelled), without a host sync on the label count
@@ -227,6 +343,10 @@ class ContrastiveMethod(pl.LightningModule):
             self.log("train/beta", float(self.current_beta()))
         for name, value in extra.items():
             self.log(name, value)
+        for name, value in self._selection_logs.items():
+            self.log(name, value)
+        if self.curriculum != "none":
+            self.log("curriculum/h", self.current_hardness())
         return loss + probe_loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
+from cssl.contrastive.negatives import ease
 from cssl.errors import check
 from cssl.methods.momentum import MomentumMethod
 
@@ -55,6 +56,10 @@ class MoCo(MomentumMethod):
         self.symmetric = bool(symmetric)
         self.queue = QueuePool(queue_size, proj_output_dim)
         self._pending_keys: Tensor | None = None
+        if self.negatives.fnc != "none":  # the queue entries' labels, for neg/fnc_precision only (-1: unknown)
+            self.queue_labels = QueuePool(queue_size, 1)
+            self.queue_labels.queue.fill_(-1)
+        self._pending_labels: Tensor | None = None
         self._ema_step = -1  # global step of the last EMA update
 
     # -- the step ------------------------------------------------------------------------------------
@@ -63,22 +68,31 @@ class MoCo(MomentumMethod):
         feats = self.backbone(views[0])  # (B, F)
         q = self.projector(feats)  # (B, D)
         k = self.keys(views[1])  # (B, D)
-        pos, neg = self.query_logits(q, k)  # (B,), (B, K [+ S])
-        loss = self.contrastive_loss(pos, neg)
+        fnc = self.negatives.fnc != "none"
+        k2 = self.keys(views[0]) if self.symmetric and fnc else None  # (B, D): joins FNC's support set
+        support = self.fnc_support([k] if k2 is None else [k, k2]) if fnc else None  # (B, S', D)
+        pos, neg, mask, extra_pos = self.query_negatives(q, k, support)  # (B,), (B, K [+ S]), masks or None
+        loss = self.contrastive_loss(pos, neg, mask, extra_pos)
         pending = [k]
         if self.symmetric:
             q2 = self.projector(self.backbone(views[1]))  # (B, D)
-            k2 = self.keys(views[0])  # (B, D)
-            pos2, neg2 = self.query_logits(q2, k2)
-            loss = (loss + self.contrastive_loss(pos2, neg2)) / 2
+            k2 = self.keys(views[0]) if k2 is None else k2  # (B, D)
+            loss = (loss + self.contrastive_loss(*self.query_negatives(q2, k2, support))) / 2
             pending.append(k2)
         self._pending_keys = torch.cat(pending)  # (B or 2B, D), enqueued after the optimiser step
+        if self._batch_labels is not None:
+            self._pending_labels = torch.cat([self._batch_labels] * len(pending))  # (B or 2B,)
         return loss, feats, self._diagnostics(pos, neg, momentum)
 
     def after_optimizer_step(self) -> None:
         if self._pending_keys is not None:
+            if hasattr(self, "queue_labels"):  # in step with the keys (-1 where no labels came with the batch)
+                y = self._pending_labels
+                n = self._pending_keys.shape[0]
+                y = self._pending_keys.new_full((n,), -1.0) if y is None or y.shape[0] != n else y.float()
+                self.queue_labels.enqueue(y[:, None])
             self.queue.enqueue(self._pending_keys)
-            self._pending_keys = None
+            self._pending_keys, self._pending_labels = None, None
 
     def momentum_update(self) -> float:
         """EMA step of the key encoder towards the online encoder; returns the m used.
@@ -102,15 +116,40 @@ class MoCo(MomentumMethod):
         Returns:
             pos (B,) = q.k, and neg (B, K + S) = [q.queue | q.synthetic] (S = 0 for MoCo).
         """
+        pos, neg, _, _ = self.query_negatives(q, k)
+        return pos, neg
+
+    def query_negatives(
+        self, q: Tensor, k: Tensor, support: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, Tensor | None, Tensor | None]:
+        """As :meth:`query_logits`, after the negative selection (FNC on the queue, detected against the
+        momentum ``support`` (B, S', D); the ring), with the mask of the negatives and the extra positives
+        (None when no selection is on). MoChi mixes only the queue entries that remain."""
         with torch.autocast(device_type=q.device.type, enabled=False):
             q = F.normalize(at_least_fp32(q), dim=1)  # (B, D)
             k = F.normalize(at_least_fp32(k.detach()), dim=1).to(q.dtype)  # (B, D)
             pos = (q * k).sum(1)  # (B,)
-            neg = q @ self.queue.negatives().to(q.dtype).T  # (B, K)
-            extra = self.extra_negatives(q, neg)  # (B, S, D) or None
+            queue = self.queue.negatives().to(q.dtype)  # (K, D)
+            neg = q @ queue.T  # (B, K)
+            mask = extra_pos = None
+            ranked = neg
+            if self.negatives.active:
+                labels = self._batch_labels
+                queued = self.queue_labels.queue[:, 0].long() if hasattr(self, "queue_labels") else None  # (K,)
+                selection = self.select_negatives(
+                    neg, None, support=support, candidates=queue, labels=labels, candidate_labels=queued
+                )
+                mask, extra_pos = selection.mask, selection.extra_pos  # (B, K) each
+                ranked = neg.detach().masked_fill(~mask, float("-inf"))  # MoChi's hardest among the survivors
+            extra = self.extra_negatives(q, ranked)  # (B, S, D) or None
             if extra is not None:
                 neg = torch.cat([neg, torch.einsum("bd,bsd->bs", q, extra.to(q.dtype))], dim=1)  # (B, K + S)
-        return pos, neg
+                s = extra.shape[1]
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], s)], dim=1)  # (B, K + S)
+                if extra_pos is not None:
+                    extra_pos = torch.cat([extra_pos, extra_pos.new_zeros(extra_pos.shape[0], s)], dim=1)
+        return pos, neg, mask, extra_pos
 
     def extra_negatives(self, q: Tensor, sim: Tensor) -> Tensor | None:
         """Per-query negatives appended to each row (a logits transform) given the unit queries (B, D) and
@@ -172,10 +211,21 @@ class MoChi(MoCo):
     def mixing_active(self) -> bool:
         return self.s + self.s_prime > 0 and self.current_epoch >= self.mochi_warmup_epochs
 
+    def curriculum_knobs(self) -> list[str]:
+        return [*super().curriculum_knobs(), "mochi"]
+
+    def current_mixes(self) -> tuple[int, int]:
+        """(s, s') at this step: under the curriculum round(h * s), round(h * s') (NEGATIVES.md 4.2)."""
+        if self.curriculum == "none":
+            return self.s, self.s_prime
+        h = self.current_hardness()
+        return round(ease(0, self.s, h)), round(ease(0, self.s_prime, h))
+
     def extra_negatives(self, q: Tensor, sim: Tensor) -> Tensor | None:
-        if not self.mixing_active():
+        s, s_prime = self.current_mixes()
+        if not self.mixing_active() or s + s_prime == 0:
             return None
         negatives = self.queue.negatives()
         return mochi_negatives(
-            q, negatives, n_hard=self.n_hard, s=self.s, s_prime=self.s_prime, sim=sim.detach()
+            q, negatives, n_hard=self.n_hard, s=s, s_prime=s_prime, sim=sim.detach()
         )  # (B, s + s', D)

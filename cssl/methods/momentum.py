@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from pytorch_lightning.accelerators import CPUAccelerator
@@ -71,6 +72,13 @@ class MomentumMethod(ContrastiveMethod):
         total = trainer.estimated_stepping_batches if trainer is not None else 0
         total = int(total) if math.isfinite(total) else 0
         return self.key_encoder.momentum_at(self.global_step, total)
+
+    def fnc_support(self, keys: list[Tensor]) -> Tensor:
+        """FNC's support set of each image from the momentum encoder (NEGATIVES.md 1.7): its keys (B, D) of
+        the main views, then its extra support views' keys: (B, V + S, D)."""
+        support = torch.stack([k.detach() for k in keys], dim=1)  # (B, V, D)
+        extra = self.support_embeddings(self.keys)  # (B, S, D) or None
+        return support if extra is None else torch.cat([support, extra.to(support.dtype)], dim=1)
 
     def keys(self, x: Tensor) -> Tensor:
         """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP,

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from cssl import distributed
 from cssl.contrastive import in_batch_similarities, nt_xent
 from cssl.heads import mlp
 from cssl.methods.base import ContrastiveMethod
@@ -40,10 +41,41 @@ class SimCLR(ContrastiveMethod):
         b = views[0].shape[0]
         feats, z = self.encode_views(views[:2], self.projector)  # (2B, F), (2B, D): one pass or one per view
         beta = self.current_beta()
-        loss = nt_xent(z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=beta)
+        if self.negatives.active:
+            loss = self.selected_loss(z[:b], z[b:])
+        else:
+            loss = nt_xent(z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=beta)
         logs = {}
         if self.diagnose():
             with torch.no_grad():  # one more similarity product every few steps, no extra forward
                 pos, sim, mask = in_batch_similarities(z[:b].detach(), z[b:].detach())
             logs = self.negative_diagnostics(pos, sim, mask)
         return loss, feats[:b], logs
+
+    def selected_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
+        """The loss with FNC and/or the ring over the gathered in-batch pool (the similarity matrix is built).
+
+        Detection is per local image against the 2B_g gathered views, so top-k and threshold are global, as
+        in the official FNC code (``objective.py:63-82``); its support set is the image's two projections
+        (detached) and the projections of its extra support views (no gradient).
+        """
+        b = z1.shape[0]
+        pos, sim, mask = in_batch_similarities(z1, z2)  # (2B,), (2B, 2B_g), (2B, 2B_g)
+        options: dict[str, Any] = {}
+        if self.negatives.fnc != "none":
+            support = torch.stack([z1, z2], dim=1).detach()  # (B, 2, D)
+            extra = self.support_embeddings(lambda x: self.projector(self.backbone(x)))  # (B, S, D) or None
+            if extra is not None:
+                support = torch.cat([support, extra.to(support.dtype)], dim=1)  # (B, 2 + S, D)
+            candidates = torch.cat([distributed.gather(z1), distributed.gather(z2)])  # (2B_g, D), no gradient
+            options = {
+                "support": support,
+                "candidates": candidates,
+                "image_of_row": torch.arange(2 * b, device=z1.device) % b,
+            }
+            y = self._batch_labels
+            if y is not None and self.diagnose():
+                y_all = distributed.gather(y)  # (B_g,)
+                options.update(labels=torch.cat([y, y]), candidate_labels=torch.cat([y_all, y_all]))
+        selection = self.select_negatives(sim, mask, **options)
+        return self.contrastive_loss(pos, sim, selection.mask, selection.extra_pos)
