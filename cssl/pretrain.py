@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
-from omegaconf import DictConfig, open_dict
+from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_only
 
 from cssl import app, loggers
@@ -63,9 +63,8 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
 
 def support_view_count(cfg: DictConfig) -> int:
     """FNC's extra support views per image: ``method.fnc_support_views`` when ``method.fnc`` is on, else 0."""
-    method = cfg.method
-    count = method.get("fnc_support_views", 0)
-    if method.get("fnc", "none") == "none" or not isinstance(count, int) or isinstance(count, bool):
+    count = OmegaConf.select(cfg, "method.fnc_support_views", default=0)
+    if OmegaConf.select(cfg, "method.fnc", default="none") == "none" or not isinstance(count, int) or isinstance(count, bool):
         return 0  # a bad value is reported by the method's own check
     return max(0, count)
 

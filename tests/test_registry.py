@@ -75,3 +75,34 @@ def test_every_experiment_config_composes_and_its_objects_build(experiment):
     assert cfg.method.name in METHODS and cfg.data.name
     method_class(cfg.method.name)
     OptimSettings(**{k: (tuple(v) if k == "betas" else v) for k, v in cfg.optimizer.items()})
+
+
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_trains_with_negative_selection_and_the_curriculum(method, tmp_path):
+    fnc = "eliminate" if method == "adco" else "attract"  # attraction is undefined with the adversarial bank
+    cfg = compose(
+        "train",
+        [
+            f"method={method}",
+            f"method.fnc={fnc}",
+            "method.fnc_support_views=1",
+            "method.ring_outer=0.5",
+            "method.curriculum=linear",
+            "backbone=timm:test_resnet",
+            "method.proj_hidden_dim=32",
+            "logger=none",
+            "trainer.progress_bar=false",
+            "trainer.max_steps=2",
+            "trainer.limit_val_batches=1",
+            "data.batch_size=16",
+            "data.bank_limit=64",
+            "trainer.log_every_n_steps=1",
+            "diagnostics.every_n_steps=1",
+            "diagnostics.embedding=false",
+            f"run_dir={tmp_path}",
+        ],
+    )
+    summary = pretrain(cfg)
+    assert summary["global_step"] == 2 and math.isfinite(summary["train_loss"])
+    for key in ("neg/fnc_cancelled", "neg/fnc_precision", "neg/ring_kept", "neg/ring_empty", "curriculum/h"):
+        assert 0 <= summary["metrics"][key] <= 1, key

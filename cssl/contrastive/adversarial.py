@@ -84,15 +84,14 @@ def bank_loss_and_gradient(
         weight = weight.to(q.dtype)
         norms = weight.norm(dim=0).clamp_min(1e-12)  # (K,)
         directions = weight / norms  # (D, K)
-        pos, sim, neg_mask = adversarial_similarities(q, keys, directions, pos_offset, valid)
+        pos, sim, _ = adversarial_similarities(q, keys, directions, pos_offset, valid)
         logits = sim / temperature  # (B, B_g + K)
         if valid is not None:
             logits[:, keys.shape[0] :] = logits[:, keys.shape[0] :].masked_fill(~valid[None, :], float("-inf"))
         if neg_mask is not None:
-            keep = neg_mask.clone()  # (B, B_g + K)
-            keep[torch.arange(q.shape[0], device=q.device), torch.arange(q.shape[0], device=q.device) + pos_offset] = (
-                True
-            )
+            rows = torch.arange(q.shape[0], device=q.device)
+            keep = neg_mask.clone()  # (B, B_g + K): the negatives kept, and each row's positive
+            keep[rows, rows + pos_offset] = True
             logits = logits.masked_fill(~keep, float("-inf"))
         log_z = torch.logsumexp(logits, dim=1)  # (B,)
         loss = (log_z - pos / temperature).mean()

@@ -99,6 +99,10 @@ def info_nce_per_anchor(
     for name, m in (("neg_mask", neg_mask), ("extra_pos", extra_pos)):
         if m is not None and m.shape != neg.shape:
             raise ValueError(f"{name} {tuple(m.shape)} must match neg {tuple(neg.shape)}")
+    if neg.shape[1] == 0:  # no column at all: one masked stand-in column, so the rows below are empty rows
+        neg = neg.new_zeros(neg.shape[0], 1)
+        neg_mask = torch.zeros_like(neg, dtype=torch.bool)  # (B, 1)
+        extra_pos = None if extra_pos is None else neg_mask.clone()
     if extra_pos is not None:
         neg_mask = ~extra_pos if neg_mask is None else neg_mask & ~extra_pos  # (B, M)
     with torch.autocast(device_type=pos.device.type, enabled=False):

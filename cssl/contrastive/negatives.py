@@ -161,8 +161,14 @@ def hardness(progress: float, schedule: str = "linear", end: float = 0.5) -> flo
 
 
 def ease(easy: float, hard: float, h: float) -> float:
-    """A knob's value at hardness h: easy + (hard - easy) * h."""
-    return easy + (hard - easy) * h
+    """A knob's value at hardness h: easy + (hard - easy) * h, computed as easy * (1 - h) + hard * h so
+    that h = 0 and h = 1 give ``easy`` and ``hard`` exactly (the ring's floors are sensitive to the last bit).
+
+    Example:
+        >>> ease(1.0, 0.1, 1.0), ease(1.0, 0.1, 0.0)
+        (0.1, 1.0)
+    """
+    return easy * (1.0 - h) + hard * h
 
 
 @dataclass

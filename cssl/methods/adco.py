@@ -120,7 +120,8 @@ class AdCo(MomentumMethod):
                 selected = neg_mask = self.select_negatives(sim, neg_mask, candidates=candidates, **select).mask
             loss = loss + weight * self.contrastive_loss(pos, sim, neg_mask)
             if self.training:
-                mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate, neg_mask=selected)
+                masked = {} if selected is None else {"neg_mask": selected}
+                mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate, **masked)
                 if i == 0:
                     logs = self._diagnostics(pos, sim, real_mask, k, mem_loss)
         if self.training:
