@@ -33,6 +33,8 @@ class OptimSettings:
         scale_lr: scale the rate linearly with the global batch size.
         exclude_bias_norm: see ``weight_decay``.
         min_lr_ratio: final rate as a fraction of the peak rate.
+        lars_eta: LARS trust coefficient (eta): the adapted rate of a weight is eta * |w| / (|g| + wd |w|).
+        lars_clip: LARC clipping: the adapted rate never exceeds the scheduled rate (min(eta-ratio / lr, 1)).
     """
 
     name: str = "sgd"
@@ -44,6 +46,8 @@ class OptimSettings:
     scale_lr: bool = True
     exclude_bias_norm: bool = True
     min_lr_ratio: float = 0.0
+    lars_eta: float = 0.001
+    lars_clip: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -52,6 +56,8 @@ class OptimSettings:
         check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
         check(self.warmup_epochs >= 0, f"optimizer.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         check(0 <= self.min_lr_ratio <= 1, f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check_positive("optimizer.lars_eta", self.lars_eta)
+        check(isinstance(self.lars_clip, bool), f"optimizer.lars_clip must be true or false, got {self.lars_clip!r}")
 
     def peak_lr(self, global_batch: int) -> float:
         return self.lr * global_batch / 256 if self.scale_lr else self.lr
@@ -81,7 +87,9 @@ def build_optimizer(groups: list[dict], settings: OptimSettings, lr: float) -> t
         from timm.optim import Lars
 
         # timm's LARS adapts only groups with weight decay, so the no-decay group is plain SGD.
-        return Lars(groups, lr=lr, momentum=settings.momentum)
+        return Lars(
+            groups, lr=lr, momentum=settings.momentum, trust_coeff=settings.lars_eta, trust_clip=settings.lars_clip
+        )
     cls = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, betas=tuple(settings.betas))
 
