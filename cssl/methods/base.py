@@ -42,6 +42,9 @@ class ContrastiveMethod(pl.LightningModule):
         diagnostics_top_k: k of the hardness measure; false_negative_k: k of the false-negative rate.
     """
 
+    #: Whether the method contrasts with negatives (False: no pool, no estimator, no ``neg/...``; BYOL).
+    uses_negatives: bool = True
+
     def __init__(
         self,
         backbone: nn.Module,

@@ -1,4 +1,4 @@
-"""The shared part of the methods with a momentum key encoder (MoCo, MoChi, AdCo)."""
+"""The shared part of the methods with a momentum key encoder (MoCo, MoChi, AdCo) or EMA target (BYOL)."""
 
 from __future__ import annotations
 
@@ -65,12 +65,12 @@ class MomentumMethod(ContrastiveMethod):
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""
         return nn.Sequential(self.backbone, self.projector)
 
-    def current_momentum(self) -> float:
-        """m of the EMA at this step (constant, or cosine-increased over the run)."""
+    def current_momentum(self, step: int | None = None) -> float:
+        """m of the EMA at this step, or at optimiser step ``step`` (constant, or cosine-increased over the run)."""
         trainer = self._trainer
         total = trainer.estimated_stepping_batches if trainer is not None else 0
         total = int(total) if math.isfinite(total) else 0
-        return self.key_encoder.momentum_at(self.global_step, total)
+        return self.key_encoder.momentum_at(self.global_step if step is None else step, total)
 
     def keys(self, x: Tensor) -> Tensor:
         """Unit keys (B, D) of the key encoder in fp32, no gradient; shuffle BN across ranks under DDP,
