@@ -43,6 +43,8 @@ class OptimSettings:
             the cosine's value at e / E).
         milestones: epochs at which ``steps`` multiplies the rate by ``gamma`` (increasing, >= 0).
         gamma: factor of each milestone, in (0, 1].
+        lars_eta: LARS trust coefficient (eta): the adapted rate of a weight is eta * |w| / (|g| + wd |w|).
+        lars_clip: LARC clipping: the adapted rate never exceeds the scheduled rate (min(eta-ratio / lr, 1)).
     """
 
     name: str = "sgd"
@@ -58,6 +60,8 @@ class OptimSettings:
     schedule_interval: str = "step"
     milestones: tuple[float, ...] = ()
     gamma: float = 0.1
+    lars_eta: float = 0.001
+    lars_clip: bool = False
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -83,6 +87,8 @@ class OptimSettings:
         )
         object.__setattr__(self, "milestones", tuple(float(m) for m in milestones))
         check(_is_number(self.gamma) and 0 < self.gamma <= 1, f"optimizer.gamma must be in (0, 1], got {self.gamma!r}")
+        check_positive("optimizer.lars_eta", self.lars_eta)
+        check(isinstance(self.lars_clip, bool), f"optimizer.lars_clip must be true or false, got {self.lars_clip!r}")
 
     def peak_lr(self, global_batch: int) -> float:
         return self.lr * global_batch / 256 if self.scale_lr else self.lr
@@ -112,7 +118,9 @@ def build_optimizer(groups: list[dict], settings: OptimSettings, lr: float) -> t
         from timm.optim import Lars
 
         # timm's LARS adapts only groups with weight decay, so the no-decay group is plain SGD.
-        return Lars(groups, lr=lr, momentum=settings.momentum)
+        return Lars(
+            groups, lr=lr, momentum=settings.momentum, trust_coeff=settings.lars_eta, trust_clip=settings.lars_clip
+        )
     cls = torch.optim.AdamW if settings.name == "adamw" else torch.optim.Adam
     return cls(groups, lr=lr, betas=tuple(settings.betas))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import time
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,13 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
     ``data.multicrop`` is null or ``{sizes: [S, ...], scales: [[min, max], ...]}``: one extra view per size,
     with its own crop area range and the rest of ``data.augment``. Methods that do not use extra views
     (SimCLR, MoCo) take ``views[:2]`` and ignore them.
+
+    ``data.augment_per_view`` (optional) is null or a list of ``num_views`` mappings, each overriding keys of
+    ``data.augment`` for one view: BYOL's asymmetric views (e.g. solarisation on the second view only).
     """
     augment = app.plain(cfg.data.augment)
-    views = [ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(num_views)]
+    per_view = per_view_augment(app.plain(cfg.data).get("augment_per_view"), num_views)
+    views = [ViewAugment(image_size, mean=mean, std=std, **{**augment, **own}) for own in per_view]
     multicrop = app.plain(cfg.data).get("multicrop")
     if multicrop:
         check(
@@ -67,6 +72,19 @@ def support_view_count(cfg: DictConfig) -> int:
     if OmegaConf.select(cfg, "method.fnc", default="none") == "none" or not isinstance(count, int) or isinstance(count, bool):
         return 0  # a bad value is reported by the method's own check
     return max(0, count)
+def per_view_augment(per_view: Any, num_views: int) -> list[dict[str, Any]]:
+    """The validated ``data.augment_per_view``: one (possibly empty) mapping of overrides per view."""
+    if per_view is None:
+        return [{} for _ in range(num_views)]
+    known = set(inspect.signature(ViewAugment).parameters) - {"image_size", "mean", "std"}
+    check(
+        isinstance(per_view, list) and len(per_view) == num_views and all(isinstance(v, dict) for v in per_view),
+        f"data.augment_per_view must be null or a list of {num_views} mappings (one per view), got {per_view!r}",
+    )
+    for own in per_view:
+        unknown = sorted(set(own) - known)
+        check(not unknown, f"data.augment_per_view: unknown augmentation keys {unknown}; choose from {sorted(known)}")
+    return per_view
 
 
 def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:

@@ -37,6 +37,24 @@ def test_lars_adapts_weights_only():
     assert torch.allclose(net.weight, w0 - ratio * g, atol=1e-6)
 
 
+@pytest.mark.parametrize("lr,clipped", [(1.0, True), (1e-4, False)])
+def test_lars_trust_coefficient_and_clipping(lr, clipped):
+    # solo-learn's LARS (eta 0.02, clip_lr): rate of a weight = lr * min(eta |w| / (|g| + wd |w|) / lr, 1)
+    torch.manual_seed(0)
+    net = nn.Linear(4, 3)
+    groups = param_groups([net], 1e-2, exclude_bias_norm=True)
+    settings = OptimSettings(name="lars", lr=lr, momentum=0.0, weight_decay=1e-2, lars_eta=0.02, lars_clip=True)
+    opt = build_optimizer(groups, settings, lr=lr)
+    w0 = net.weight.detach().clone()
+    net(torch.randn(8, 4)).pow(2).sum().backward()
+    gw = net.weight.grad.clone()
+    opt.step()
+    ratio = 0.02 * w0.norm() / (gw.norm() + 1e-2 * w0.norm())
+    assert (ratio / lr < 1) == clipped  # both branches of the clip are exercised
+    scale = min(ratio.item() / lr, 1.0)
+    assert torch.allclose(net.weight, w0 - lr * scale * (gw + 1e-2 * w0), atol=1e-6)
+
+
 @pytest.mark.parametrize("name", ["sgd", "lars", "adamw", "adam"])
 def test_every_optimizer_builds(name):
     opt = build_optimizer(param_groups([_net()], 1e-4, True), OptimSettings(name=name), lr=0.1)
@@ -58,7 +76,15 @@ def test_warmup_then_cosine():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"name": "rmsprop"}, {"lr": 0.0}, {"weight_decay": -1.0}, {"warmup_epochs": -1}, {"min_lr_ratio": 2.0}]
+    "kwargs",
+    [
+        {"name": "rmsprop"},
+        {"lr": 0.0},
+        {"weight_decay": -1.0},
+        {"warmup_epochs": -1},
+        {"min_lr_ratio": 2.0},
+        {"lars_eta": 0.0},
+    ],
 )
 def test_bad_settings(kwargs):
     with pytest.raises(ConfigError, match="optimizer"):

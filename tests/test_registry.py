@@ -48,20 +48,27 @@ def test_every_method_trains_a_few_steps(method, tmp_path):
     assert summary["method"] == method and summary["global_step"] == 2
     assert math.isfinite(summary["train_loss"])
     assert (tmp_path / "checkpoints" / "last.ckpt").is_file()
-    # every method reports the standard negative-sampling diagnostics and the validation ones
-    for key in (
+    # every method with negatives reports the standard negative-sampling diagnostics; every method the
+    # validation ones
+    negatives = (
         "neg/pos_sim_mean",
         "neg/neg_sim_mean",
         "neg/neg_sim_std",
         "neg/neg_sim_max",
         "neg/hardness",
         "neg/effective_negatives",
+    )
+    for key in (
+        *(negatives if METHODS[method].uses_negatives else ()),
         "val/uniformity",
         "val/alignment",
         "val/false_negative_rate",
     ):
         assert math.isfinite(summary["metrics"][key]), key
-    if summary["estimator"] != "infonce":
+    if not METHODS[method].uses_negatives:  # its own diagnostics (<method>/...), none of negative sampling
+        assert summary["estimator"] is None and not any(k.startswith("neg/") for k in summary["metrics"])
+        assert any(k.startswith(f"{method}/") for k in summary["metrics"])
+    elif summary["estimator"] != "infonce":
         assert 0 <= summary["metrics"]["neg/floor_fraction"] <= 1
     assert (tmp_path / "embedding.png").stat().st_size > 1000
 

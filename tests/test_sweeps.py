@@ -67,6 +67,7 @@ def test_the_standard_questions_have_sweeps() -> None:
     names = {p.stem for p in SWEEPS}
     assert {"method", "estimator_pool", "temperature", "tau_plus", "beta", "batch_size"} <= names
     assert {"queue_size", "bank_size", "mochi"} <= names
+    assert "negatives" in names  # with and without negatives (BYOL, the negative-free control)
     assert {load(p)["method"] for p in SWEEPS} == {"grid", "bayes"}
 
 
@@ -140,3 +141,12 @@ def test_default_group_and_tags() -> None:
             run_tags(bad, method="m", estimator=None, data="d")
     with pytest.raises(ValueError, match="logger.group must be a string"):
         run_group(["x"], method="m", data="d")
+
+
+def test_the_negatives_sweep_compares_methods_with_and_without_negatives() -> None:
+    from cssl.methods import METHODS
+
+    params = load(REPO / "configs" / "sweep" / "negatives.yaml")["parameters"]
+    methods = params["method"]["values"]
+    assert {METHODS[m].uses_negatives for m in methods} == {True, False}  # both kinds, on one data and backbone
+    assert "value" in params["data"] and "value" in params["backbone"]

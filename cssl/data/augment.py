@@ -45,6 +45,8 @@ class ViewAugment(nn.Module):
         hflip: apply random horizontal flips (p 0.5).
         jitter_strength: s, the colour strength (1.0 ImageNet, 0.5 CIFAR); 0 disables jitter.
         jitter_p: probability of applying the colour jitter.
+        jitter_factors: explicit (brightness, contrast, saturation, hue) of the jitter instead of the
+            strength's (0.8s, 0.8s, 0.8s, 0.2s), e.g. BYOL's (0.4, 0.4, 0.2, 0.1); None: from the strength.
         grayscale_p: probability of grayscale.
         blur_p: probability of Gaussian blur; None picks 0.5 for images >= 96 px, else 0.
         solarize_p: probability of solarisation (0 for SimCLR/MoCo v2).
@@ -59,6 +61,7 @@ class ViewAugment(nn.Module):
         hflip: bool = True,
         jitter_strength: float = 1.0,
         jitter_p: float = 0.8,
+        jitter_factors: Sequence[float] | None = None,
         grayscale_p: float = 0.2,
         blur_p: float | None = None,
         solarize_p: float = 0.0,
@@ -84,11 +87,18 @@ class ViewAugment(nn.Module):
             f"data.augment.jitter_strength must be in [0, 2.5] (0 disables jitter), got {jitter_strength!r}",
         )
         s = float(jitter_strength)
+        factors = (0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s) if jitter_factors is None else ()
+        if isinstance(jitter_factors, Sequence) and not isinstance(jitter_factors, str):
+            factors = tuple(jitter_factors)
+        check(
+            len(factors) == 4 and all(_is_number(v) and v >= 0 for v in factors) and factors[3] <= 0.5,
+            f"data.augment.jitter_factors must be null or [brightness, contrast, saturation, hue] >= 0 with hue <= 0.5, got {jitter_factors!r}",
+        )
         ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(lo, hi))]
         if hflip:
             ops.append(K.RandomHorizontalFlip())
-        if s > 0 and jitter_p > 0:
-            ops.append(K.ColorJitter(0.8 * s, 0.8 * s, 0.8 * s, 0.2 * s, p=jitter_p))
+        if any(factors) and jitter_p > 0:
+            ops.append(K.ColorJitter(*factors, p=jitter_p))
         if grayscale_p > 0:
             ops.append(K.RandomGrayscale(p=grayscale_p))
         if blur_p > 0:

@@ -7,6 +7,7 @@ from __future__ import annotations
 from cssl.errors import ConfigError
 from cssl.methods.adco import AdCo
 from cssl.methods.base import ContrastiveMethod
+from cssl.methods.byol import BYOL
 from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 
@@ -17,6 +18,7 @@ METHODS: dict[str, type[ContrastiveMethod]] = {
     "adco": AdCo,
     "moco": MoCo,
     "mochi": MoChi,
+    "byol": BYOL,
 }
 
 

@@ -52,6 +52,9 @@ class ContrastiveMethod(pl.LightningModule):
             mixes from 0), reaching them at progress ``curriculum_end`` (:func:`cssl.contrastive.negatives.hardness`).
     """
 
+    #: Whether the method contrasts with negatives (False: no pool, no estimator, no ``neg/...``; BYOL).
+    uses_negatives: bool = True
+
     def __init__(
         self,
         backbone: nn.Module,

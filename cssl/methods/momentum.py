@@ -1,4 +1,4 @@
-"""The shared part of the methods with a momentum key encoder (MoCo, MoChi, AdCo)."""
+"""The shared part of the methods with a momentum key encoder (MoCo, MoChi, AdCo) or EMA target (BYOL)."""
 
 from __future__ import annotations
 
@@ -66,12 +66,12 @@ class MomentumMethod(ContrastiveMethod):
         """The online (backbone, projector) pair, in the parameter order of the key encoder."""
         return nn.Sequential(self.backbone, self.projector)
 
-    def current_momentum(self) -> float:
-        """m of the EMA at this step (constant, or cosine-increased over the run)."""
+    def current_momentum(self, step: int | None = None) -> float:
+        """m of the EMA at this step, or at optimiser step ``step`` (constant, or cosine-increased over the run)."""
         trainer = self._trainer
         total = trainer.estimated_stepping_batches if trainer is not None else 0
         total = int(total) if math.isfinite(total) else 0
-        return self.key_encoder.momentum_at(self.global_step, total)
+        return self.key_encoder.momentum_at(self.global_step if step is None else step, total)
 
     def fnc_support(self, keys: list[Tensor]) -> Tensor:
         """FNC's support set of each image from the momentum encoder (NEGATIVES.md 1.7): its keys (B, D) of

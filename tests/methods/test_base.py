@@ -19,7 +19,11 @@ def _tiny(name: str, **kwargs):
     )
 
 
-@pytest.mark.parametrize("name", sorted(METHODS))
+WITH_NEGATIVES = sorted(name for name, cls in METHODS.items() if cls.uses_negatives)
+WITHOUT_NEGATIVES = sorted(set(METHODS) - set(WITH_NEGATIVES))
+
+
+@pytest.mark.parametrize("name", WITH_NEGATIVES)
 def test_every_method_takes_every_estimator_and_anneals_beta(name):
     model = _tiny(name, estimator="hcl", tau_plus=0.1, beta=0.9, beta_anneal=True)
     assert model.current_beta() == 0.9  # no trainer yet
@@ -34,3 +38,11 @@ def test_every_method_takes_every_estimator_and_anneals_beta(name):
 def test_every_method_validates_the_estimator(name):
     with pytest.raises(ConfigError, match="tau_plus"):
         _tiny(name, estimator="dcl", tau_plus=1.0)
+
+
+@pytest.mark.parametrize("name", WITHOUT_NEGATIVES)
+def test_methods_without_negatives_refuse_every_estimator_option(name):
+    for option in ({"estimator": "hcl"}, {"tau_plus": 0.1}, {"beta": 0.9}, {"beta_anneal": True}, {"temperature": 0.2}):
+        with pytest.raises(ConfigError, match=f"method.{next(iter(option))}: not applicable"):
+            _tiny(name, **option)
+    assert _tiny(name).estimator is None
