@@ -1,4 +1,5 @@
-"""Optimisers (SGD, LARS, AdamW) with BN and bias excluded from weight decay, and warm-up + cosine."""
+"""Optimisers (SGD, LARS, AdamW) with BN and bias excluded from weight decay, and warm-up + cosine (or step
+decay at milestones), stepped per optimiser step or per epoch."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from typing import TYPE_CHECKING
 import torch
 import torch.nn as nn
 
-from cssl.errors import ConfigError, check, check_positive
+from cssl.errors import ConfigError, _is_number, check, check_positive
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
 
 OPTIMIZERS = ("sgd", "lars", "adamw", "adam")
+SCHEDULES = ("cosine", "steps")
+INTERVALS = ("step", "epoch")
 
 
 @dataclass(frozen=True)
@@ -32,7 +35,14 @@ class OptimSettings:
         warmup_epochs: linear warm-up length (fractional epochs allowed), then cosine to ``min_lr_ratio * lr``.
         scale_lr: scale the rate linearly with the global batch size.
         exclude_bias_norm: see ``weight_decay``.
-        min_lr_ratio: final rate as a fraction of the peak rate.
+        min_lr_ratio: final rate of the cosine as a fraction of the peak rate.
+        schedule: ``cosine`` (after the warm-up, half-cosine to ``min_lr_ratio``) or ``steps`` (the rate times
+            ``gamma`` at each of ``milestones``, as MoCo's main_lincls.py adjust_learning_rate).
+        schedule_interval: ``step`` (the rate changes every optimiser step) or ``epoch`` (it changes at the start
+            of each epoch, as the ``adjust_learning_rate`` of MoCo's and AdCo's scripts: epoch e of E runs at
+            the cosine's value at e / E).
+        milestones: epochs at which ``steps`` multiplies the rate by ``gamma`` (increasing, >= 0).
+        gamma: factor of each milestone, in (0, 1].
     """
 
     name: str = "sgd"
@@ -44,6 +54,10 @@ class OptimSettings:
     scale_lr: bool = True
     exclude_bias_norm: bool = True
     min_lr_ratio: float = 0.0
+    schedule: str = "cosine"
+    schedule_interval: str = "step"
+    milestones: tuple[float, ...] = ()
+    gamma: float = 0.1
 
     def __post_init__(self) -> None:
         if self.name not in OPTIMIZERS:
@@ -52,6 +66,23 @@ class OptimSettings:
         check(self.weight_decay >= 0, f"optimizer.weight_decay must be >= 0, got {self.weight_decay}")
         check(self.warmup_epochs >= 0, f"optimizer.warmup_epochs must be >= 0, got {self.warmup_epochs}")
         check(0 <= self.min_lr_ratio <= 1, f"optimizer.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        check(
+            self.schedule in SCHEDULES,
+            f"optimizer.schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        check(
+            self.schedule_interval in INTERVALS,
+            f"optimizer.schedule_interval must be one of {', '.join(INTERVALS)}, got {self.schedule_interval!r}",
+        )
+        milestones = list(self.milestones) if isinstance(self.milestones, list | tuple) else None
+        check(
+            milestones is not None
+            and all(_is_number(m) and m >= 0 for m in milestones)
+            and all(a < b for a, b in zip(milestones, milestones[1:], strict=False)),
+            f"optimizer.milestones must be a list of increasing epochs >= 0, got {self.milestones!r}",
+        )
+        object.__setattr__(self, "milestones", tuple(float(m) for m in milestones))
+        check(_is_number(self.gamma) and 0 < self.gamma <= 1, f"optimizer.gamma must be in (0, 1], got {self.gamma!r}")
 
     def peak_lr(self, global_batch: int) -> float:
         return self.lr * global_batch / 256 if self.scale_lr else self.lr
@@ -99,8 +130,32 @@ def warmup_cosine(step: int, warmup_steps: float, total_steps: int, min_ratio: f
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def lr_factor(
+    t: int,
+    warmup: float,
+    total: float,
+    *,
+    schedule: str = "cosine",
+    milestones: tuple[float, ...] = (),
+    gamma: float = 0.1,
+    min_ratio: float = 0.0,
+) -> float:
+    """Multiplier of the peak rate at ``t`` (steps or epochs; ``warmup``, ``total`` and ``milestones`` in the
+    same unit): the warm-up of :func:`warmup_cosine`, then its cosine, or ``gamma`` to the number of
+    milestones reached (``steps``).
+
+    Example:
+        >>> [lr_factor(e, 0, 100, schedule="steps", milestones=(60, 80)) for e in (0, 59, 60, 80)]
+        [1.0, 1.0, 0.1, 0.010000000000000002]
+    """
+    if schedule == "cosine" or t < warmup:
+        return warmup_cosine(t, warmup, int(total), min_ratio)
+    return gamma ** sum(t >= m for m in milestones)
+
+
 def configure_schedule(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, settings: OptimSettings) -> dict:
-    """Lightning's optimiser dict with a per-step warm-up + cosine schedule over the whole run."""
+    """Lightning's optimiser dict with the warm-up + cosine (or step) schedule over the whole run, stepped
+    per optimiser step or per epoch (``settings.schedule_interval``)."""
     total = max(1, int(trainer.estimated_stepping_batches))
     if trainer.max_steps in (-1, None) and trainer.max_epochs and trainer.max_epochs > 0:
         per_epoch = total / trainer.max_epochs
@@ -108,11 +163,20 @@ def configure_schedule(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, se
         datamodule = getattr(trainer, "datamodule", None)
         batches = len(datamodule.train_dataloader()) / trainer.world_size if datamodule is not None else total
         per_epoch = max(1.0, math.floor(batches) / trainer.accumulate_grad_batches)
-    warmup = settings.warmup_epochs * per_epoch
+    options = {"schedule": settings.schedule, "gamma": settings.gamma, "min_ratio": settings.min_lr_ratio}
+    if settings.schedule_interval == "epoch":
+        epochs = trainer.max_epochs if trainer.max_steps in (-1, None) and trainer.max_epochs else None
+        epochs = int(epochs) if epochs and epochs > 0 else max(1, math.ceil(total / per_epoch))
+        scale, length = 1.0, epochs
+    else:
+        scale, length = per_epoch, total
+    warmup = settings.warmup_epochs * scale
+    milestones = tuple(m * scale for m in settings.milestones)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: warmup_cosine(step, warmup, total, settings.min_lr_ratio)
+        optimizer, lambda t: lr_factor(t, warmup, length, milestones=milestones, **options)
     )
-    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+    interval = settings.schedule_interval
+    return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": interval}}
 
 
 def global_batch(trainer: pl.Trainer, batch_size: int) -> int:

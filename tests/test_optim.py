@@ -63,3 +63,81 @@ def test_warmup_then_cosine():
 def test_bad_settings(kwargs):
     with pytest.raises(ConfigError, match="optimizer"):
         OptimSettings(**kwargs)
+
+
+def _schedule(settings: OptimSettings, *, max_epochs: int, steps_per_epoch: int) -> list[list[float]]:
+    """The rate of every step, epoch by epoch, as Lightning drives the scheduler of ``configure_schedule``."""
+    from types import SimpleNamespace
+
+    from cssl.optim import configure_schedule
+
+    trainer = SimpleNamespace(
+        estimated_stepping_batches=max_epochs * steps_per_epoch, max_steps=-1, max_epochs=max_epochs
+    )
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=settings.lr)
+    config = configure_schedule(trainer, opt, settings)
+    scheduler, interval = config["lr_scheduler"]["scheduler"], config["lr_scheduler"]["interval"]
+    rates = []
+    for _ in range(max_epochs):
+        epoch = []
+        for _ in range(steps_per_epoch):
+            epoch.append(opt.param_groups[0]["lr"])
+            opt.step()
+            if interval == "step":
+                scheduler.step()
+        if interval == "epoch":
+            scheduler.step()
+        rates.append(epoch)
+    return rates
+
+
+def test_cosine_per_epoch_is_adcos_adjust_learning_rate():
+    # AdCo lincls.py:723-735 (and MoCo's main_moco.py with --cos): lr_e = end + (lr - end) (1 + cos(pi e / E)) / 2,
+    # set at the start of epoch e and held for the whole epoch.
+    lr, end, epochs = 10.0, 0.01, 7
+    settings = OptimSettings(lr=lr, min_lr_ratio=end / lr, schedule_interval="epoch", scale_lr=False)
+    rates = _schedule(settings, max_epochs=epochs, steps_per_epoch=3)
+    for e, epoch in enumerate(rates):
+        expected = end + 0.5 * (1 + math.cos(math.pi * e / epochs)) * (lr - end)
+        assert epoch == pytest.approx([expected] * 3)
+
+
+def test_cosine_per_step_changes_within_an_epoch():
+    settings = OptimSettings(lr=1.0, schedule_interval="step")
+    rates = _schedule(settings, max_epochs=2, steps_per_epoch=4)
+    flat = [r for epoch in rates for r in epoch]
+    assert flat == pytest.approx([0.5 * (1 + math.cos(math.pi * s / 8)) for s in range(8)])
+    assert rates[0][0] != rates[0][1]
+
+
+@pytest.mark.parametrize("interval", ["epoch", "step"])
+def test_step_decay_at_milestones_is_mocos(interval):
+    # MoCo main_lincls.py:593-599: lr x 0.1 for every milestone <= epoch (milestones [60, 80] of 100 epochs;
+    # here [2, 4] of 5); per step the decay falls on the first step of the milestone's epoch as well.
+    settings = OptimSettings(lr=30.0, schedule="steps", milestones=[2, 4], schedule_interval=interval)
+    rates = _schedule(settings, max_epochs=5, steps_per_epoch=3)
+    for e, epoch in enumerate(rates):
+        assert epoch == pytest.approx([30.0 * 0.1 ** sum(e >= m for m in (2, 4))] * 3)
+
+
+def test_warmup_per_epoch():
+    rates = _schedule(
+        OptimSettings(lr=1.0, warmup_epochs=2, schedule_interval="epoch"), max_epochs=6, steps_per_epoch=2
+    )
+    assert [epoch[0] for epoch in rates[:3]] == pytest.approx([0.5, 1.0, 1.0])
+    assert all(len(set(epoch)) == 1 for epoch in rates)
+
+
+@pytest.mark.parametrize(
+    "kwargs, key",
+    [
+        ({"schedule": "linear"}, "optimizer.schedule must"),
+        ({"schedule_interval": "batch"}, "optimizer.schedule_interval"),
+        ({"milestones": [80, 60]}, "optimizer.milestones"),
+        ({"milestones": "60"}, "optimizer.milestones"),
+        ({"gamma": 0.0}, "optimizer.gamma"),
+    ],
+)
+def test_bad_schedule_settings(kwargs, key):
+    with pytest.raises(ConfigError, match=key):
+        OptimSettings(**kwargs)
