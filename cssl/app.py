@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from cssl.checkpoint import AtomicCheckpointIO
-from cssl.data import ImageDataModule, build_datamodule
+from cssl.data import EvalTransform, ImageDataModule, build_datamodule
 from cssl.errors import ConfigError, check
 from cssl.loggers import build_logger
 
@@ -51,6 +51,12 @@ def build_data(
         eval_transform=eval_transform,
         **options,
     )
+
+
+def eval_transform(data: ImageDataModule) -> EvalTransform:
+    """The deterministic evaluation transform of ``data``: side ``data.eval_image_size`` (the kNN monitor and
+    the linear-evaluation test set), the data's centre-crop rule and normalisation constants."""
+    return EvalTransform(data.eval_image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
 
 
 def build_trainer(

@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from cssl import app
 from cssl.backbones import build_backbone
 from cssl.checkpoint import find_checkpoint, read_checkpoint
-from cssl.data import EvalTransform, ViewAugment
+from cssl.data import ViewAugment
 from cssl.data.datamodules import ImageDataModule
 from cssl.errors import ConfigError, check
 from cssl.eval.knn import knn_predict
@@ -49,9 +49,7 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
 
     data = app.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
-    data.eval_transform = EvalTransform(
-        data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std
-    )
+    data.eval_transform = app.eval_transform(data)
     data.train_transform = ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
     if cfg.mode == "knn":
         results = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))

@@ -14,7 +14,6 @@ from cssl import app, loggers
 from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
-from cssl.data.augment import EvalTransform
 from cssl.errors import ConfigError, check
 from cssl.eval.embedding import embedding_map, log_image
 from cssl.methods import method_class
@@ -175,9 +174,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
     data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
-    data.eval_transform = EvalTransform(
-        data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std
-    )
+    data.eval_transform = app.eval_transform(data)  # data.eval_image_size; the stem follows data.image_size
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
     apply_speed_options(cfg, model)

@@ -151,19 +151,28 @@ def _debias(log_sum: Tensor, pos_logit: Tensor, log_n: Tensor, temperature: floa
     return torch.maximum(log_debiased, log_floor)
 
 
-def annealed_beta(beta: float, progress: float, steps: int = 9) -> float:
-    """HCL's optional schedule: beta lowered to 0 in ``steps`` equal steps over training.
+def annealed_beta(beta: float, epoch: int, max_epochs: int, steps: int = 9) -> float:
+    """HCL's beta annealing as the official code does it (joshr17/HCL image/main.py:151-154, 176-181).
+
+    The official loop draws ``np.linspace(beta, 0, 9)`` one value at a time after every ``int(E / 9)``-th
+    epoch, the first draw being beta itself: over E = 400 epochs (period 44) epochs 1-88 train with beta,
+    then 7/8, 6/8, ..., 1/8 of it for 44 epochs each, and 0 for epochs 397-400. Where the official loop
+    fails (E < 9: a modulo by zero; a tenth draw when 10 * int(E / 9) <= E: StopIteration), the period is at
+    least 1 epoch and beta stays 0 after the last draw.
 
     Args:
         beta: starting value.
-        progress: fraction of training done, in [0, 1].
+        epoch: the current epoch, counted from 0.
+        max_epochs: E, the epochs of the run.
+        steps: values of the linspace (9), >= 2.
 
     Example:
-        >>> [round(annealed_beta(0.9, p), 2) for p in (0.0, 0.5, 0.99, 1.0)]
-        [0.9, 0.4, 0.0, 0.0]
+        >>> [annealed_beta(1.0, e, 400) for e in (0, 87, 88, 131, 132, 395, 396, 399)]
+        [1.0, 1.0, 0.875, 0.875, 0.75, 0.125, 0.0, 0.0]
     """
-    level = min(steps, int(progress * (steps + 1)))
-    return beta * (1 - level / steps)
+    period = max(1, max_epochs // steps)
+    draws = min(steps, epoch // period)  # values drawn before this epoch (after epochs period, 2*period, ...)
+    return beta if draws == 0 else beta * (1 - (draws - 1) / (steps - 1))
 
 
 def at_least_fp32(x: Tensor) -> Tensor:

@@ -11,7 +11,7 @@ Every module exposes three labelled/unlabelled sets:
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,7 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cssl.backbones import auto_cifar_stem
-from cssl.errors import ConfigError, check
+from cssl.errors import ConfigError, _is_number, check
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -56,6 +56,9 @@ class ImageDataModule(pl.LightningDataModule):
         bank_limit: cap on the number of labelled images used as the kNN bank during validation.
         verify_checksums: check the published MD5 sums of downloaded archives' files.
         pin_memory: pin host memory for faster copies to an accelerator.
+        eval_image_size: side of the evaluation images (kNN monitor, linear-evaluation test set); None:
+            ``image_size`` (e.g. STL-10 evaluated at its native 96 px after pretraining at 32, as DCL/HCL).
+        mean, std: per-channel normalisation constants; None: the dataset's defaults below.
     """
 
     name = "base"
@@ -80,6 +83,9 @@ class ImageDataModule(pl.LightningDataModule):
         verify_checksums: bool = True,
         pin_memory: bool = False,
         eval_batch_size: int | None = None,
+        eval_image_size: int | None = None,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         check(
@@ -100,6 +106,21 @@ class ImageDataModule(pl.LightningDataModule):
             or (isinstance(image_size, int) and not isinstance(image_size, bool) and image_size >= 8),
             f"data.image_size must be null or an integer >= 8, got {image_size!r}",
         )
+        check(
+            eval_image_size is None
+            or (isinstance(eval_image_size, int) and not isinstance(eval_image_size, bool) and eval_image_size >= 8),
+            f"data.eval_image_size must be null or an integer >= 8, got {eval_image_size!r}",
+        )
+        for key, values in (("mean", mean), ("std", std)):
+            check(
+                values is None
+                or (
+                    isinstance(values, list | tuple)
+                    and len(values) == 3
+                    and all(_is_number(v) and (v > 0 if key == "std" else True) for v in values)
+                ),
+                f"data.{key} must be null or 3 numbers{' > 0' if key == 'std' else ''}, got {values!r}",
+            )
         check(train_split in ("pretrain", "labelled"), f"train_split must be pretrain or labelled, got {train_split!r}")
         check(
             bank_limit is None or (isinstance(bank_limit, int) and bank_limit > 0),
@@ -111,6 +132,11 @@ class ImageDataModule(pl.LightningDataModule):
         self.num_workers = num_workers
         self.download = download
         self.image_size = image_size or self.native_size
+        self.eval_image_size = eval_image_size or self.image_size
+        if mean is not None:
+            self.mean = tuple(float(v) for v in mean)
+        if std is not None:
+            self.std = tuple(float(v) for v in std)
         self.train_transform = train_transform
         self.eval_transform = eval_transform
         self.train_split = train_split

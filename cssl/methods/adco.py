@@ -82,10 +82,10 @@ class AdCo(MomentumMethod):
         b = views[0].shape[0]
         offset = distributed.rank() * b  # global rank: the positives of rank r sit at r*B on every node
         n_main = 2 if self.symmetric else 1
-        feats = self.backbone(torch.cat(views[:n_main]))  # (n_main*B, F)
-        queries = list(self.projector(feats).split(b))  # n_main x (B, D)
+        feats, z = self.encode_views(views[:n_main], self.projector)  # (n_main*B, F), (n_main*B, D)
+        queries = list(z.split(b))  # n_main x (B, D)
         for group in _same_size_groups(views[2:]):
-            queries.extend(self.projector(self.backbone(torch.cat(group))).split(b))  # len(group) x (B, D)
+            queries.extend(self.encode_views(group, self.projector)[1].split(b))  # len(group) x (B, D)
         k1 = distributed.gather(self.keys(views[1]))  # (B_g, D)
         keys = [k1]
         if self.symmetric:

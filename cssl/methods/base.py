@@ -7,6 +7,7 @@ A method subclasses :class:`ContrastiveMethod` and implements :meth:`contrastive
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Any
 
@@ -35,7 +36,10 @@ class ContrastiveMethod(pl.LightningModule):
         probe_lr: learning rate of the online linear probe (trained on detached features, no weight decay).
         temperature, estimator, tau_plus, beta: the loss (:func:`cssl.contrastive.info_nce`); every method
             takes every estimator, whatever its pool of negatives.
-        beta_anneal: lower HCL's beta to 0 in 9 steps over training (:func:`annealed_beta`).
+        beta_anneal: lower HCL's beta to 0 in 9 steps over the epochs, as the official code
+            (:func:`annealed_beta`).
+        per_view_forward: forward the views of a step one at a time (BN statistics per view, as the official
+            DCL/HCL code and AdCo's symmetric loss do) instead of concatenated in one pass (:meth:`encode_views`).
         knn_k, knn_t: neighbours and temperature of the online kNN classifier.
         diagnostics_every_n_steps: log negative-sampling diagnostics (``neg/...``) every this many steps
             and validation diagnostics (``val/uniformity``, ...) at each validation; 0 turns them off.
@@ -54,6 +58,7 @@ class ContrastiveMethod(pl.LightningModule):
         tau_plus: float = 0.0,
         beta: float = 0.0,
         beta_anneal: bool = False,
+        per_view_forward: bool = False,
         probe_lr: float = 0.1,
         knn_k: int = 20,
         knn_t: float = 0.07,
@@ -72,6 +77,11 @@ class ContrastiveMethod(pl.LightningModule):
         self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
         self.temperature, self.estimator, self.tau_plus, self.beta = temperature, estimator, tau_plus, beta
         self.beta_anneal = bool(beta_anneal)
+        check(
+            isinstance(per_view_forward, bool),
+            f"method.per_view_forward must be true or false, got {per_view_forward!r}",
+        )
+        self.per_view_forward = per_view_forward
         self.probe_lr, self.knn_k, self.knn_t = probe_lr, knn_k, knn_t
         for name, value in (
             ("every_n_steps", diagnostics_every_n_steps),
@@ -127,6 +137,21 @@ class ContrastiveMethod(pl.LightningModule):
         """
         raise NotImplementedError
 
+    def encode_views(self, views: list[Tensor], head: nn.Module) -> tuple[Tensor, Tensor]:
+        """Backbone features and ``head`` outputs of the views, stacked along the batch in view order.
+
+        One pass over the concatenated views (BN statistics over all of them), or with ``per_view_forward``
+        one pass per view (BN statistics of each view alone; DCL main.py:31-32, HCL image/main.py:63-64).
+
+        Returns:
+            features (V*B, F) and head outputs (V*B, D).
+        """
+        if not self.per_view_forward:
+            feats = self.backbone(torch.cat(views))  # (V*B, F)
+            return feats, head(feats)
+        feats = [self.backbone(v) for v in views]  # V x (B, F)
+        return torch.cat(feats), torch.cat([head(f) for f in feats])  # (V*B, F), (V*B, D)
+
     def after_optimizer_step(self) -> None:
         """Work that follows the network update (e.g. enqueueing keys); default: nothing."""
 
@@ -147,11 +172,16 @@ class ContrastiveMethod(pl.LightningModule):
         )
 
     def current_beta(self) -> float:
-        """HCL's beta at this step (annealed to 0 in 9 steps with ``beta_anneal``; a Python number)."""
+        """HCL's beta in this epoch (with ``beta_anneal``, the official per-epoch schedule of
+        :func:`annealed_beta`; a Python number)."""
         if not self.beta_anneal or self._trainer is None:
             return self.beta
-        total = max(1, int(self.trainer.estimated_stepping_batches))
-        return annealed_beta(self.beta, self.global_step / total)
+        trainer = self.trainer
+        epochs = trainer.max_epochs
+        if trainer.max_steps not in (-1, None) or not epochs or epochs < 0:  # a run bounded by steps
+            per_epoch = max(1, math.ceil(trainer.num_training_batches / trainer.accumulate_grad_batches))
+            epochs = math.ceil(trainer.estimated_stepping_batches / per_epoch)
+        return annealed_beta(self.beta, self.current_epoch, max(1, int(epochs)))
 
     def diagnose(self) -> bool:
         """Whether this training step logs diagnostics (a Python check: no device synchronisation)."""

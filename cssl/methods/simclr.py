@@ -38,8 +38,7 @@ class SimCLR(ContrastiveMethod):
 
     def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         b = views[0].shape[0]
-        feats = self.backbone(torch.cat(views[:2]))  # (2B, F): one pass, BN statistics over both views
-        z = self.projector(feats)  # (2B, D)
+        feats, z = self.encode_views(views[:2], self.projector)  # (2B, F), (2B, D): one pass or one per view
         beta = self.current_beta()
         loss = nt_xent(z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=beta)
         logs = {}
