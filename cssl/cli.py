@@ -8,7 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-CONFIG_GROUPS = ("method", "data", "trainer", "logger", "experiment")
+CONFIG_GROUPS = ("method", "data", "trainer", "logger", "experiment", "protocol")
 
 
 def guard(fn: Callable[[], Any]) -> Any:

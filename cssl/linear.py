@@ -1,5 +1,5 @@
-"""Linear (or kNN) evaluation of a pretraining checkpoint; shares data, trainer and loading with
-pretraining through :mod:`cssl.app`."""
+"""Linear (or kNN) evaluation of a pretraining checkpoint under a protocol (``protocol=default|moco|adco|
+dcl_hcl``, configs/protocol/); shares data, trainer and loading with pretraining through :mod:`cssl.app`."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from cssl.data import ViewAugment
 from cssl.data.datamodules import ImageDataModule
 from cssl.errors import ConfigError, check
 from cssl.eval.knn import knn_predict
-from cssl.eval.linear import LinearProbe
+from cssl.eval.linear import LinearProbe, check_probe_options, last_and_best
 from cssl.optim import OptimSettings
 
 
@@ -37,11 +37,36 @@ def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     return backbone, meta, path
 
 
+TRAIN_AUGMENT = ("linear", "pretrain")
+
+
+def train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path) -> ViewAugment:
+    """The training images of the classifier: ``augment.*`` at ``data.image_size`` (``train_augment=linear``),
+    or the checkpoint's own pretraining augmentation at its pretraining size (``pretrain``: DCL/HCL
+    linear.py train on utils.train_transform, the pretraining pipeline)."""
+    if cfg.train_augment == "linear":
+        return ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
+    config = meta.get("config")
+    augment = config.get("data", {}).get("augment") if isinstance(config, dict) else None
+    check(
+        isinstance(augment, dict) and isinstance(meta.get("image_size"), int),
+        f"train_augment=pretrain: checkpoint {path} holds no pretraining augmentation; use train_augment=linear",
+    )
+    return ViewAugment(int(meta["image_size"]), mean=data.mean, std=data.std, **augment)
+
+
 def linear_eval(cfg: DictConfig) -> dict[str, Any]:
-    """Train a linear classifier on frozen features (``mode=linear``) or run kNN (``mode=knn``)."""
+    """Train a linear classifier on frozen features (``mode=linear``, under the protocol of ``protocol=``) or
+    run kNN (``mode=knn``)."""
     start = time.time()
     check(cfg.mode in ("linear", "knn"), f"mode must be linear or knn, got {cfg.mode!r}")
     check(cfg.ckpt is not None, "ckpt=PATH is required: a pretraining checkpoint or run dir")
+    check(
+        cfg.train_augment in TRAIN_AUGMENT,
+        f"train_augment must be one of {', '.join(TRAIN_AUGMENT)}, got {cfg.train_augment!r}",
+    )
+    check_probe_options(cfg.backbone_bn, cfg.init_std)
+    optim = OptimSettings(**app.plain(cfg.optimizer))
     backbone, meta, ckpt_path = load_backbone(Path(str(cfg.ckpt)))
     app.check_int("seed", cfg.seed, 0)
     run_dir = app.output_dir(cfg)
@@ -50,28 +75,32 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
     data.eval_transform = app.eval_transform(data)
-    data.train_transform = ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
+    data.train_transform = train_views(cfg, data, meta, ckpt_path)
     if cfg.mode == "knn":
-        results = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
+        results: dict[str, Any] = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
         epochs = 0
     else:
-        optim = OptimSettings(**app.plain(cfg.optimizer))
+        data.val_bank = False  # validation sees the held-out split only
         model = LinearProbe(
             backbone,
             num_classes=data.num_classes,
             batch_size=data.batch_size,
             optim=optim,
             feature_norm=bool(cfg.feature_norm),
+            backbone_bn=str(cfg.backbone_bn),
+            init_std=cfg.init_std,
         )
         trainer = app.build_trainer(cfg, run_dir, callbacks=[], logger_config=app.plain(cfg))
         app.save_config(run_dir, cfg)
         trainer.fit(model, datamodule=data)
-        if trainer.callback_metrics.get("val/top1") is None or trainer.current_epoch % trainer.check_val_every_n_epoch:
+        if not model.history or model.history[-1].step != trainer.global_step:  # final weights not validated yet
             trainer.validate(model, datamodule=data, verbose=False)
-        results = {"top1": app.metric(trainer, "val/top1"), "top5": app.metric(trainer, "val/top5")}
+        results = last_and_best(model.history)
+        results = {"top1": results["top1_last"], "top5": results["top5_last"], **results}
         epochs = int(trainer.current_epoch)
     summary = {
         "mode": str(cfg.mode),
+        "protocol": str(cfg.protocol_name) if cfg.mode == "linear" else None,
         **results,
         "epochs": epochs,
         "checkpoint": str(ckpt_path),

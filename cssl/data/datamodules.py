@@ -145,6 +145,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.pin_memory = pin_memory
         self.sets: dict[str, Dataset] = {}
         self.val_views = False  # set by the entry point when validation diagnostics need view pairs
+        self.val_bank = True  # validation starts with the labelled train split (kNN bank); off in linear evaluation
 
     # -- what subclasses provide -------------------------------------------------------------------
     def load(self) -> dict[str, Dataset]:
@@ -210,8 +211,9 @@ class ImageDataModule(pl.LightningDataModule):
         return bank
 
     def val_dataloader(self) -> list[DataLoader]:
-        """[labelled train images (kNN bank), held-out images]."""
-        return [self._loader(self.bank_dataset(), train=False), self._loader(self.sets["val"], train=False)]
+        """[labelled train images (kNN bank), held-out images]; only the held-out images without ``val_bank``."""
+        held_out = self._loader(self.sets["val"], train=False)
+        return [self._loader(self.bank_dataset(), train=False), held_out] if self.val_bank else [held_out]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         x, y = batch

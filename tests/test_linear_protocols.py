@@ -1,0 +1,149 @@
+"""Linear-evaluation protocols (configs/protocol/): each runs end to end on digits and reports the last and
+the best epoch; their values are the official scripts'."""
+
+import json
+
+import pytest
+
+from cssl.eval.linear import EpochResult, last_and_best
+from tests.conftest import QUICK, compose, run_inprocess
+
+FAST = (
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.limit_val_batches=2",
+    "data.batch_size=32",
+)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    run = tmp_path_factory.mktemp("pretrain")
+    code, err = run_inprocess("train", [*QUICK, "trainer.max_steps=2", f"run_dir={run}"])
+    assert code == 0, err
+    return run
+
+
+@pytest.mark.parametrize("protocol", ["default", "moco", "adco", "dcl_hcl"])
+def test_every_protocol_runs_and_reports_last_and_best(protocol, checkpoint, tmp_path):
+    code, err = run_inprocess(
+        "linear_eval", [f"ckpt={checkpoint}", f"protocol={protocol}", *FAST, f"run_dir={tmp_path}"]
+    )
+    assert code == 0, err
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["protocol"] == protocol and summary["epochs"] == 2
+    for key in ("top1_last", "top5_last", "top1_best", "top5_best"):
+        assert 0 <= summary[key] <= 1
+    assert summary["top1"] == summary["top1_last"] <= summary["top1_best"]
+    assert summary["top1_last"] <= summary["top5_last"] and summary["best_epoch"] in (1, 2)
+
+
+def test_last_and_best_of_a_fabricated_sequence():
+    accs = [0.30, 0.55, 0.52, 0.55, 0.50]
+    history = [EpochResult(e + 1, 10 * (e + 1), a, a + 0.2) for e, a in enumerate(accs)]
+    result = last_and_best(history)
+    assert result["top1_last"] == 0.50 and result["top5_last"] == pytest.approx(0.70)
+    assert result["top1_best"] == 0.55 and result["best_epoch"] == 2  # the first of two equal bests
+    assert result["top5_best"] == pytest.approx(0.75)
+
+
+def _composed(protocol: str, *overrides: str):
+    return compose("linear_eval", [f"protocol={protocol}", *overrides])
+
+
+def test_moco_protocol_is_main_lincls():
+    cfg = _composed("moco")
+    opt = cfg.optimizer
+    assert (opt.name, opt.lr, opt.momentum, opt.weight_decay) == ("sgd", 30.0, 0.9, 0.0)
+    assert (opt.schedule, list(opt.milestones), opt.gamma, opt.schedule_interval) == ("steps", [60, 80], 0.1, "epoch")
+    assert cfg.trainer.max_epochs == 100 and cfg.trainer.check_val_every_n_epoch == 1
+    assert cfg.data.batch_size == 256 and not cfg.feature_norm and cfg.backbone_bn == "eval"
+    assert list(cfg.augment.crop_scale) == [0.08, 1.0] and cfg.augment.hflip and cfg.init_std == 0.01
+
+
+def test_adco_protocol_is_lincls():
+    cfg = _composed("adco")
+    opt = cfg.optimizer
+    assert (opt.lr, opt.schedule, opt.schedule_interval) == (10.0, "cosine", "epoch")
+    assert opt.lr * opt.min_lr_ratio == pytest.approx(0.01) and opt.warmup_epochs == 0
+    assert cfg.trainer.max_epochs == 100 and cfg.backbone_bn == "eval" and not cfg.feature_norm
+
+
+def test_dcl_hcl_protocol_is_linear_py():
+    cfg = _composed("dcl_hcl", "data=stl10")
+    opt = cfg.optimizer
+    assert (opt.name, opt.lr, opt.weight_decay, opt.scale_lr, list(opt.milestones)) == ("adam", 1e-3, 1e-6, False, [])
+    assert cfg.data.batch_size == 512 and cfg.trainer.max_epochs == 100
+    assert cfg.backbone_bn == "train" and cfg.train_augment == "pretrain" and not cfg.feature_norm
+    from cssl import app
+
+    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    assert data.image_size == data.eval_image_size == 96  # STL-10 test images at their native size
+
+
+def test_backbone_bn_train_re_estimates_statistics_and_keeps_weights():
+    import torch
+
+    from cssl.eval.linear import LinearProbe
+    from cssl.optim import OptimSettings
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
+    )
+    net.num_features = 4
+    x = torch.randn(8, 3, 6, 6) * 3 + 1
+    for mode, moves in (("train", True), ("eval", False)):
+        probe = LinearProbe(net, num_classes=3, batch_size=8, optim=OptimSettings(), backbone_bn=mode).train()
+        before = probe.backbone[1].running_mean.clone()
+        probe(x)
+        assert probe.backbone[1].training is moves
+        assert (not torch.equal(before, probe.backbone[1].running_mean)) is moves
+        assert not any(p.requires_grad for p in probe.backbone.parameters())
+        probe.eval()
+        assert not probe.backbone[1].training
+
+
+@pytest.mark.parametrize(
+    "args, word",
+    [
+        (("optimizer.schedule_interval=batch",), "optimizer.schedule_interval"),
+        (("backbone_bn=frozen",), "backbone_bn"),
+        (("train_augment=strong",), "train_augment"),
+    ],
+)
+def test_bad_values_are_one_line_errors(args, word, tmp_path):
+    code, err = run_inprocess("linear_eval", ["ckpt=/nonexistent", *args, "logger=none", f"run_dir={tmp_path}"])
+    assert code == 2 and word in err and len(err.strip().splitlines()) == 1
+
+
+def test_an_unknown_protocol_is_a_one_line_error(capsys):
+    from pathlib import Path
+
+    from cssl import cli
+
+    with pytest.raises(SystemExit) as exc:
+        cli.check_group_overrides(["protocol=supervised"], Path(__file__).resolve().parents[1] / "configs")
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unknown protocol 'supervised'" in err and "dcl_hcl" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
+    import torch
+
+    from cssl import app
+    from cssl.errors import ConfigError
+    from cssl.linear import train_views
+
+    cfg = _composed("dcl_hcl")
+    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    augment = {"crop_scale": [0.5, 1.0], "hflip": True, "jitter_strength": 0.5, "blur_p": 0.5}
+    meta = {"image_size": 24, "config": {"data": {"augment": augment}}}
+    views = train_views(cfg, data, meta, "ckpt")
+    assert views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 3, 24, 24)
+    assert any(type(op).__name__ == "RandomGaussianBlur" for op in views.ops)
+    with pytest.raises(ConfigError, match="train_augment=pretrain"):
+        train_views(cfg, data, {"image_size": 24}, "ckpt")
