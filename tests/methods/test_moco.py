@@ -362,7 +362,7 @@ def test_cli_mochi(tmp_path):
     "experiment,expected",
     [
         (
-            "cifar10_moco",
+            "cifar10_moco_demo",
             {
                 "method.queue_size": 4096,
                 "method.momentum": 0.99,
