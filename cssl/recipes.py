@@ -226,6 +226,23 @@ def ref_link(ref: str, sources: dict[str, dict[str, str]]) -> str:
     return f"[{source} {path}:{lines}]({url})"
 
 
+def eval_command(recipe: Recipe) -> str | None:
+    """The linear_eval.py command of the recipe's protocol, with the data and the normalisation constants of
+    its pretraining (linear_eval.py normalises with its own data config's constants)."""
+    if not recipe.protocol:
+        return None
+    values = {k: v for row in recipe.rows for k, v in row.cssl.items()}
+    parts = ["python linear_eval.py ckpt=RUN_DIR", f"protocol={recipe.protocol}"]
+    if "data.name" in values:
+        parts.append(f"data={values['data.name']}")
+        if values["data.name"] != "digits":  # embedded, no files
+            parts.append("data.root=DATA")
+    for key in ("data.mean", "data.std"):
+        if key in values:
+            parts.append(f"{key}={fmt(values[key]).replace(' ', '')}")
+    return " ".join(parts)
+
+
 def target_text(recipe: Recipe, sources: dict[str, dict[str, str]]) -> str:
     target = recipe.target
     if not target:
@@ -266,7 +283,7 @@ def render(table: Table) -> str:
         lines += ["", f"## {name}", "", f"{cell(recipe.title)}. Target: {target_text(recipe, sources)}.", ""]
         lines.append(f"    python train.py experiment={name} data.root=DATA")
         if recipe.protocol:
-            lines.append(f"    python linear_eval.py ckpt=RUN_DIR protocol={recipe.protocol}")
+            lines.append(f"    {eval_command(recipe)}")
         lines += ["", "| item | official value | read from | cssl | note |", "|---|---|---|---|---|"]
         for row in recipe.rows:
             refs = "<br>".join(ref_link(r, sources) for r in row.refs) or "-"

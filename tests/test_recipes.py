@@ -3,6 +3,7 @@ objects build, every row's cssl value is the composed config's, and the page is 
 
 import copy
 from dataclasses import replace
+from functools import cache
 
 import pytest
 import torch.nn as nn
@@ -30,6 +31,16 @@ class Tiny(nn.Module):
         return self.fc(x.mean((2, 3)))
 
 
+@cache
+def protocol_config(name):
+    return recipes.compose_protocol(name)
+
+
+def recipe_value(recipe, key):
+    (value,) = [row.cssl[key] for row in recipe.rows if key in row.cssl]
+    return value
+
+
 def test_the_table_covers_exactly_the_experiment_configs():
     assert sorted(TABLE.recipes) == EXPERIMENTS
 
@@ -38,7 +49,7 @@ def test_the_table_covers_exactly_the_experiment_configs():
 def test_every_row_holds_in_the_composed_config_and_its_objects_build(name):
     recipe = TABLE.recipes[name]
     cfg = recipes.compose_experiment(name, ["logger=none"])
-    protocol = recipes.compose_protocol(recipe.protocol)
+    protocol = protocol_config(recipe.protocol)
     assert protocol.protocol_name == recipe.protocol
     assert recipes.mismatches(recipe, cfg, protocol) == []
     assert recipe.rows and all(row.cssl or row.note or row.protocol for row in recipe.rows)
@@ -64,7 +75,8 @@ def test_each_experiment_file_names_its_linear_evaluation_protocol(name):
     if recipe.target:
         assert recipe.target["protocol"] == recipe.protocol
     header = (REPO / "configs" / "experiment" / f"{name}.yaml").read_text()
-    assert f"python linear_eval.py ckpt=RUN_DIR protocol={recipe.protocol}" in header
+    assert recipes.eval_command(recipe) in header
+    assert f"protocol={recipe.protocol} data={recipe_value(recipe, 'data.name')}" in recipes.eval_command(recipe)
 
 
 def test_docs_page_is_the_rendered_table():
