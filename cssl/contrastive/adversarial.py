@@ -24,7 +24,7 @@ from cssl import distributed
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.errors import ConfigError, check, check_positive, check_unit_interval
 
-BANK_INITS = ("keys", "random")
+BANK_INITS = ("keys", "random", "official")
 
 
 def adversarial_similarities(
@@ -105,7 +105,9 @@ class AdversarialBank(nn.Module):
         lr: memory_lr, the step size of the ascent (>= 0).
         momentum: momentum of the ascent, in [0, 1).
         weight_decay: wd added to the velocity (>= 0).
-        init: ``keys`` (filled from the first gathered keys, the authors' choice) or ``random`` (unit columns).
+        init: ``keys`` (filled from the first gathered keys), ``random`` (unit columns), or ``official``: AdCo's
+            own start, W ~ N(0, 1) (AdCo model/AdCo.py:173), every column a negative, until the method's
+            ``init_memory`` pass writes keys into it (:meth:`write`) and marks it ``initialised``.
     """
 
     def __init__(
@@ -131,9 +133,14 @@ class AdversarialBank(nn.Module):
         if init not in BANK_INITS:
             raise ConfigError(f"method.bank_init must be one of {', '.join(BANK_INITS)}, got {init!r}")
         self.temperature, self.lr, self.momentum, self.weight_decay = temperature, lr, momentum, weight_decay
+        self.init = init
         if init == "random":
             weight = F.normalize(torch.randn(dim, size), dim=0)
             filled = size
+        elif init == "official":
+            weight, filled = torch.randn(dim, size), size
+            # saved with the bank: a resumed run does not initialise again (AdCo main_worker.py:186)
+            self.register_buffer("initialised", torch.tensor(False))
         else:
             weight, filled = torch.zeros(dim, size), 0
         self.register_buffer("weight", weight)  # (D, K) unnormalised
@@ -217,6 +224,19 @@ class AdversarialBank(nn.Module):
                 self.velocity[:, start : start + n] = 0
                 self.filled.fill_(start + n)
                 self._filled = start + n
+
+    def needs_initialisation(self) -> bool:
+        """Whether the ``official`` initialisation pass has yet to run (a host read, once per fit)."""
+        return self.init == "official" and not bool(self.initialised)
+
+    @torch.no_grad()
+    def write(self, keys: Tensor, start: int) -> int:
+        """Write keys (M, D) into columns ``start``, ``start + 1``, ... (as many as fit); returns the next free
+        column. The ``official`` initialisation's fill (AdCo training/train.py:296-300)."""
+        n = max(0, min(self.size - start, keys.shape[0]))
+        self.weight[:, start : start + n] = keys[:n].T.to(self.weight.dtype)
+        self.velocity[:, start : start + n] = 0
+        return start + n
 
     def extra_repr(self) -> str:
         return (

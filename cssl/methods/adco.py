@@ -13,11 +13,14 @@ added (AdCo's multi-crop recipe). The bank's gradient gets the same weights as t
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
 from cssl import distributed
@@ -41,7 +44,8 @@ class AdCo(MomentumMethod):
         mem_lr: step size of the bank's ascent.
         mem_momentum: momentum of the bank's ascent, in [0, 1).
         mem_wd: weight decay of the bank.
-        bank_init: ``keys`` (columns filled from the first gathered keys) or ``random``.
+        bank_init: ``keys`` (columns filled from the first gathered keys), ``random``, or ``official``: AdCo's
+            ``init_memory`` pass at the start of training (:meth:`initialise_bank`).
         proj_output_dim: dimension of the projections (queries, keys, negatives).
         symmetric: both views serve as query against the other's keys; the two losses are averaged.
         **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
@@ -126,6 +130,112 @@ class AdCo(MomentumMethod):
         self._optimizer_stepped = False
         self.bank.step()
         self.key_encoder.update(self._online(), self.current_momentum())
+
+    # -- bank_init=official: AdCo's init_memory pass ----------------------------------------------------
+    def on_train_start(self) -> None:
+        """With ``bank_init=official``: AdCo's ``init_memory`` pass over the training batches before the first
+        epoch (its steps are not training steps); skipped when a run resumes an initialised bank."""
+        if not self.bank.needs_initialisation():
+            return
+        trainer = self.trainer
+        strategy = trainer.strategy
+        optimizer = self.optimizers(use_pl_optimizer=False)
+
+        def batches() -> Iterator[list[Tensor]]:
+            for batch in trainer.train_dataloader:
+                views, _ = strategy.batch_to_device(batch)  # the data module's on-device views
+                yield [self._images(v) for v in views]
+
+        steps = self.initialise_bank(
+            batches(),
+            optimizer,
+            step=lambda closure: strategy.optimizer_step(optimizer, closure),
+            backward=lambda loss: strategy.backward(loss, optimizer),
+            forward_context=trainer.precision_plugin.forward_context,
+        )
+        rank_zero_info(f"AdCo bank initialised (bank_init=official): {steps} steps, {self.bank.size} columns")
+
+    def initialise_bank(
+        self,
+        batches: Iterable[list[Tensor]],
+        optimizer: torch.optim.Optimizer,
+        *,
+        step: Callable[[Callable[[], Tensor]], Any] | None = None,
+        backward: Callable[[Tensor], None] | None = None,
+        forward_context: Callable[[], AbstractContextManager] = nullcontext,
+    ) -> int:
+        """AdCo's ``init_memory`` (training/train.py:247-305, called at main_worker.py:184-189).
+
+        For each batch until the bank is full (at most one pass): one optimiser step of the network on the
+        cross-entropy of ``[q.k | q.d] / moco_t`` against the whole, still random bank (label: the own key;
+        :meth:`bank_init_loss`), and the keys gathered from all ranks written into the next bank columns
+        (train.py:296-302). The bank itself takes no ascent step. Afterwards the key encoder's parameters are
+        set to the online ones (train.py:303-305; BN buffers stay the key encoder's own). Under DDP the
+        gradients are averaged over ranks here (the pass runs outside DDP's forward).
+
+        Args:
+            batches: the views of each training batch (on the device).
+            optimizer: the network's optimiser, at its first learning rate (the official pass runs before
+                the first adjust_learning_rate).
+            step: runs one optimiser step with a closure (default ``optimizer.step(closure)``).
+            backward: backward of the loss (default ``loss.backward()``; Lightning's with mixed precision).
+            forward_context: context of the forward pass (autocast under mixed precision).
+
+        Returns:
+            The number of steps taken.
+        """
+        step = step or (lambda closure: optimizer.step(closure))
+        backward = backward or (lambda loss: loss.backward())
+        column, steps = 0, 0
+        for views in batches:
+            filled: dict[str, Tensor] = {}
+
+            def closure(views: list[Tensor] = views, filled: dict[str, Tensor] = filled) -> Tensor:
+                optimizer.zero_grad()
+                with forward_context():
+                    loss, filled["keys"] = self.bank_init_loss(views)
+                backward(loss)
+                self._average_gradients()
+                return loss
+
+            step(closure)
+            steps += 1
+            column = self.bank.write(filled["keys"], column)
+            if column >= self.bank.size:
+                break
+        with torch.no_grad():
+            for key_param, param in zip(self.key_encoder.encoder.parameters(), self._online().parameters(), strict=True):
+                key_param.copy_(param)
+        self.bank.initialised.fill_(True)
+        return steps
+
+    def bank_init_loss(self, views: list[Tensor]) -> tuple[Tensor, Tensor]:
+        """Loss of one ``init_memory`` step and the gathered keys that fill the bank.
+
+        As the official forward (model/AdCo.py:126-141, train.py:265-281): the key encoder's EMA step, the
+        queries of view 0 and the keys of view 1 (key BN mode as in training); logits ``[q.k | q.d] / moco_t``
+        with the rank's own keys only and every bank column; mean cross-entropy with label 0. (AdCo's
+        multi-crop init pairs the key crop with the smallest crop; here it is view 0 with view 1 in every mode.)
+
+        Returns:
+            loss (scalar) and the keys of all ranks (B_g, D).
+        """
+        self.key_encoder.update(self._online(), self.current_momentum())
+        q = self._normalize(self.projector(self.backbone(views[0])))  # (B, D)
+        k = self.keys(views[1])  # (B, D)
+        with torch.autocast(device_type=q.device.type, enabled=False):
+            pos = (q * k.to(q.dtype)).sum(1, keepdim=True)  # (B, 1)
+            logits = torch.cat([pos, q @ self.bank.directions().to(q.dtype)], dim=1) / self.temperature  # (B, 1 + K)
+            loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+        return loss, distributed.gather(k)
+
+    def _average_gradients(self) -> None:
+        """Mean of the gradients over ranks (what DDP's reducer does in a training step)."""
+        if distributed.world_size() == 1:
+            return
+        for p in self.parameters():
+            if p.grad is not None:
+                p.grad.copy_(distributed.all_reduce_mean(p.grad))
 
     @staticmethod
     def _normalize(q: Tensor) -> Tensor:
