@@ -25,23 +25,38 @@ class MomentumEncoder(nn.Module):
     Args:
         online: the online module (e.g. ``nn.Sequential(backbone, projector)``); not stored, only copied.
         momentum: m of the EMA, in [0, 1]: k <- m * k + (1 - m) * q.
-        schedule: ``constant``, or ``cosine`` (m rises to 1 over the run, as in BYOL).
+        schedule: ``constant``, or ``cosine`` (m rises to ``momentum_end`` over the run, as in BYOL).
+        momentum_end: final m of the cosine schedule, in [``momentum``, 1] (1 as in BYOL; solo-learn's MoCo v2+
+            uses 0.99 -> 0.999).
     """
 
-    def __init__(self, online: nn.Module, *, momentum: float = 0.999, schedule: str = "constant") -> None:
+    def __init__(
+        self,
+        online: nn.Module,
+        *,
+        momentum: float = 0.999,
+        schedule: str = "constant",
+        momentum_end: float = 1.0,
+    ) -> None:
         super().__init__()
         check_unit_interval("method.momentum", momentum, closed_right=True)
+        check_unit_interval("method.momentum_end", momentum_end, closed_right=True)
         if schedule not in SCHEDULES:
             raise ConfigError(f"method.momentum_schedule must be one of {', '.join(SCHEDULES)}, got {schedule!r}")
-        self.base_momentum, self.schedule = momentum, schedule
+        check(
+            schedule != "cosine" or momentum_end >= momentum,
+            f"method.momentum_end ({momentum_end}) must be >= method.momentum ({momentum}) with the cosine schedule",
+        )
+        self.base_momentum, self.schedule, self.end_momentum = momentum, schedule, momentum_end
         self.encoder = copy.deepcopy(online).requires_grad_(False)
 
     def momentum_at(self, step: int, total_steps: int) -> float:
-        """m at ``step`` of ``total_steps`` (constant, or cosine-increased from the base value to 1)."""
+        """m at ``step`` of ``total_steps`` (constant, or cosine-increased from the base value to ``momentum_end``)."""
         if self.schedule == "constant" or total_steps <= 0:
             return self.base_momentum
         progress = min(1.0, step / total_steps)
-        return 1 - (1 - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
+        end = self.end_momentum
+        return end - (end - self.base_momentum) * (math.cos(math.pi * progress) + 1) / 2
 
     @torch.no_grad()
     def update(self, online: nn.Module, momentum: float) -> None:

@@ -23,7 +23,8 @@ class MomentumMethod(ContrastiveMethod):
 
     Args:
         momentum: m of the key encoder's EMA, in [0, 1].
-        momentum_schedule: ``constant``, or ``cosine`` (m rises to 1 over training).
+        momentum_schedule: ``constant``, or ``cosine`` (m rises to ``momentum_end`` over training).
+        momentum_end: final m of the cosine schedule (1.0: m rises to 1).
         key_bn: BN mode of the key forward (:func:`cssl.contrastive.momentum.encode_keys`); ``sync`` converts
             the key encoder's BN layers to SyncBatchNorm.
         key_bn_splits: chunks of the ``split`` mode.
@@ -37,6 +38,7 @@ class MomentumMethod(ContrastiveMethod):
         *,
         momentum: float = 0.999,
         momentum_schedule: str = "constant",
+        momentum_end: float = 1.0,
         key_bn: str = "auto",
         key_bn_splits: int = 8,
         proj_hidden_dim: int = 2048,
@@ -51,7 +53,9 @@ class MomentumMethod(ContrastiveMethod):
         self.projector = mlp(
             self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers, batch_norm=proj_batch_norm
         )
-        self.key_encoder = MomentumEncoder(self._online(), momentum=momentum, schedule=momentum_schedule)
+        self.key_encoder = MomentumEncoder(
+            self._online(), momentum=momentum, schedule=momentum_schedule, momentum_end=momentum_end
+        )
         if key_bn == "sync":
             self.key_encoder.encoder = nn.SyncBatchNorm.convert_sync_batchnorm(self.key_encoder.encoder)
 

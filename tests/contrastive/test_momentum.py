@@ -41,13 +41,37 @@ def test_cosine_schedule_rises_to_one():
     assert MomentumEncoder(_net(), momentum=0.99).momentum_at(50, 100) == 0.99
 
 
+def test_cosine_schedule_ends_at_momentum_end():
+    # solo-learn's MomentumUpdater.update_tau (solo/utils/momentum.py:84-87), written out independently:
+    # tau = final - (final - base) * (cos(pi * step / max_steps) + 1) / 2
+    base, end, total = 0.99, 0.999, 400
+    key = MomentumEncoder(_net(), momentum=base, schedule="cosine", momentum_end=end)
+    for step, expected in ((0, 0.99), (100, 0.999 - 0.009 * (math.sqrt(0.5) + 1) / 2), (200, 0.9945), (400, 0.999)):
+        assert key.momentum_at(step, total) == pytest.approx(expected, abs=1e-12), step
+    assert key.momentum_at(10_000, total) == pytest.approx(end)  # clamped past the end of the run
+    values = [key.momentum_at(s, total) for s in range(total + 1)]
+    assert all(a <= b for a, b in zip(values, values[1:], strict=False))
+    # the constant schedule ignores momentum_end; the default end keeps the rise to 1
+    assert MomentumEncoder(_net(), momentum=base, momentum_end=end).momentum_at(200, total) == base
+    assert MomentumEncoder(_net(), momentum=base, schedule="cosine").momentum_at(total, total) == 1.0
+
+
 def test_no_gradient_flows_through_the_key_encoder():
     key = MomentumEncoder(_net())
     x = torch.randn(4, 3, requires_grad=True)
     assert not key(x).requires_grad
 
 
-@pytest.mark.parametrize("kwargs", [{"momentum": 1.5}, {"momentum": -0.1}, {"schedule": "linear"}])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"momentum": 1.5},
+        {"momentum": -0.1},
+        {"schedule": "linear"},
+        {"momentum_end": 1.5},
+        {"momentum": 0.99, "schedule": "cosine", "momentum_end": 0.9},
+    ],
+)
 def test_bad_values(kwargs):
     with pytest.raises(ConfigError, match="momentum"):
         MomentumEncoder(_net(), **kwargs)

@@ -155,6 +155,16 @@ def test_ema_steps_once_per_optimiser_step_with_its_schedule():
     model._trainer = None
 
 
+def test_momentum_schedule_ends_at_momentum_end():
+    # solo-learn's MoCo v2+: tau rises from 0.99 to 0.999 over the run (solo/utils/momentum.py:84-87)
+    model = make(momentum=0.99, momentum_schedule="cosine", momentum_end=0.999)
+    model._trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=5)
+    assert model.momentum_update() == pytest.approx(0.999 - 0.009 * (math.cos(math.pi / 2) + 1) / 2)  # 0.9945
+    model._trainer.global_step = 10
+    assert model.momentum_update() == pytest.approx(0.999)
+    model._trainer = None
+
+
 def test_symmetric_averages_both_directions_and_enqueues_both_key_sets():
     model = make(symmetric=True)
     queue_before = model.queue.queue.clone()
@@ -251,6 +261,7 @@ def test_mochi_mixes_after_its_warmup_only():
         (MoCo, {"momentum": -0.1}, "method.momentum"),
         (MoCo, {"key_bn": "batch"}, "method.key_bn"),
         (MoCo, {"momentum_schedule": "linear"}, "method.momentum_schedule"),
+        (MoCo, {"momentum_schedule": "cosine", "momentum_end": 0.5}, "method.momentum_end"),
         (MoCo, {"estimator": "nce"}, "estimator"),
         (MoChi, {"n_hard": 21}, "method.n_hard"),
         (MoChi, {"n_hard": 0}, "method.n_hard"),
@@ -351,7 +362,7 @@ def test_cli_mochi(tmp_path):
     "experiment,expected",
     [
         (
-            "cifar10_moco",
+            "cifar10_moco_demo",
             {
                 "method.queue_size": 4096,
                 "method.momentum": 0.99,
