@@ -84,9 +84,12 @@ def training_views(cfg: Any, images: int) -> list[Any]:
     app.check_int("seed", cfg.seed, 0)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     with open_dict(cfg.data):  # one batch of N images, read in this process
-        cfg.data.batch_size, cfg.data.num_workers = max(2, images), 0
+        cfg.data.batch_size, cfg.data.num_workers = 2, 0
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()
+    available = len(data.sets[data.train_split])
+    check(images <= available, f"preview.images={images} exceeds the {available} training images of {data.name}")
+    data.batch_size = max(2, images)
     data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)  # as pretrain() does
     data.trainer = SimpleNamespace(training=True)  # the hook only asks whether the trainer is training
     batch = next(iter(data.train_dataloader()))
@@ -94,9 +97,7 @@ def training_views(cfg: Any, images: int) -> list[Any]:
     views = views if isinstance(views, list | tuple) else [views]
     mean = torch.tensor(data.mean).view(1, 3, 1, 1)
     std = torch.tensor(data.std).view(1, 3, 1, 1)
-    out = [(v[:images] * std + mean).clamp_(0, 1).mul_(255).round_().to(torch.uint8) for v in views]
-    check(all(v.shape[0] == images for v in out), f"preview.images={images} exceeds the training set")
-    return out
+    return [(v[:images] * std + mean).clamp_(0, 1).mul_(255).round_().to(torch.uint8) for v in views]
 
 
 def grid(views: list[Any], gap: int = 2) -> Any:

@@ -90,6 +90,7 @@ def test_preview_writes_to_preview_folder_by_default(tmp_path, monkeypatch, caps
         (["data.augment.jitter_p=3"], "error: data.augment.jitter_p must be in [0, 1], got 3"),
         (["data.multicrop={sizes:[4],scales:[[0.1,0.5]]}"], "error: data.multicrop.sizes entries must be"),
         (["data=cifar10", "data.root=/nonexistent"], "error: data.root: cifar10 not found"),
+        (["preview.images=5000"], "error: preview.images=5000 exceeds the 1437 training images of digits"),
     ],
 )
 def test_bad_options_are_one_line_errors(argv, message, tmp_path, capsys):
