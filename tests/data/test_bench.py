@@ -19,8 +19,8 @@ def test_augment_bench_quick_prints_a_table_with_a_ratio_column(monkeypatch, cap
     finally:
         torch.set_num_threads(threads)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[1].split() == ["size", "kornia", "batched", "torchvision", "kornia/tv"]
+    assert lines[1].split() == ["size", "cssl", "batched", "torchvision", "cssl/tv"]
     rows = {int(line.split()[0]): [float(v) for v in line.split()[1:]] for line in lines[2:]}
     assert set(rows) == {32, 224}
-    for kornia, tv, ratio in rows.values():
-        assert kornia > 0 and tv > 0 and abs(ratio - kornia / tv) <= 0.01 + 0.01 * ratio
+    for cssl, tv, ratio in rows.values():
+        assert cssl > 0 and tv > 0 and abs(ratio - cssl / tv) <= 0.01 + 0.01 * ratio
