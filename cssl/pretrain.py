@@ -15,6 +15,9 @@ from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
 from cssl.data.augment import EvalTransform
+from cssl.data.datamodules import ImageFolderDataModule
+from cssl.data.folder import SkippedImages
+from cssl.data.views import ViewSpec
 from cssl.errors import ConfigError, check
 from cssl.eval.embedding import embedding_map, log_image
 from cssl.methods import method_class
@@ -22,15 +25,18 @@ from cssl.methods.base import ContrastiveMethod
 from cssl.optim import OptimSettings
 
 
-def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2) -> MultiView:
+def build_views(
+    cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2, crop: bool = True
+) -> MultiView:
     """``num_views`` views at ``image_size``, then the extra multi-crop views of ``data.multicrop`` (if any).
 
     ``data.multicrop`` is null or ``{sizes: [S, ...], scales: [[min, max], ...]}``: one extra view per size,
     with its own crop area range and the rest of ``data.augment``. Methods that do not use extra views
-    (SimCLR, MoCo) take ``views[:2]`` and ignore them.
+    (SimCLR, MoCo) take ``views[:2]`` and ignore them. ``crop=False``: photometric part only, for views
+    already cut from the original image (see :func:`view_specs`).
     """
     augment = app.plain(cfg.data.augment)
-    views = [ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(num_views)]
+    views = [ViewAugment(image_size, mean=mean, std=std, crop=crop, **augment) for _ in range(num_views)]
     multicrop = app.plain(cfg.data).get("multicrop")
     if multicrop:
         check(
@@ -55,8 +61,19 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
                 f"data.multicrop.scales entries must be [min, max] with 0 < min <= max <= 1, got {scale!r}",
             )
             options = {**augment, "crop_scale": scale}
-            views.append(ViewAugment(size, mean=mean, std=std, **options))
+            views.append(ViewAugment(size, mean=mean, std=std, crop=crop, **options))
     return MultiView(views)
+
+
+def view_specs(cfg: DictConfig, image_size: int, num_views: int = 2) -> list[ViewSpec]:
+    """Side and crop scale of every view of :func:`build_views` (same order), for loaders that cut the
+    views from the original images (run after build_views, which checks ``data.multicrop``)."""
+    scale = tuple(float(v) for v in cfg.data.augment.crop_scale)
+    views = [ViewSpec(image_size, scale) for _ in range(num_views)]
+    multicrop = app.plain(cfg.data).get("multicrop") or {"sizes": [], "scales": []}
+    for size, extra in zip(multicrop["sizes"], multicrop["scales"], strict=True):
+        views.append(ViewSpec(int(size), (float(extra[0]), float(extra[1]))))
+    return views
 
 
 def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:
@@ -175,6 +192,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
     data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
+    if isinstance(data, ImageFolderDataModule):  # views cut from the original images on the loader workers
+        photometric = build_views(cfg, data.image_size, data.mean, data.std, crop=False)
+        data.cut_views(view_specs(cfg, data.image_size), photometric)
     data.eval_transform = EvalTransform(
         data.image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std
     )
@@ -200,7 +220,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.val_views = model.diagnostics_every_n_steps > 0
     app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
     maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
-    callbacks = [checkpoints, RNGState(), throughput, maps]
+    callbacks = [checkpoints, RNGState(), throughput, maps, SkippedImages()]
     trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
     trainer.fit(model, datamodule=data, ckpt_path=resume)

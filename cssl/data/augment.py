@@ -49,6 +49,8 @@ class ViewAugment(nn.Module):
         blur_p: probability of Gaussian blur; None picks 0.5 for images >= 96 px, else 0.
         solarize_p: probability of solarisation (0 for SimCLR/MoCo v2).
         mean, std: per-channel normalisation.
+        crop: take the random resized crop here; False for inputs that are already views of
+            ``image_size`` cut from the original image on the loader workers (:mod:`cssl.data.views`).
     """
 
     def __init__(
@@ -64,6 +66,7 @@ class ViewAugment(nn.Module):
         solarize_p: float = 0.0,
         mean: Sequence[float] = (0.485, 0.456, 0.406),
         std: Sequence[float] = (0.229, 0.224, 0.225),
+        crop: bool = True,
     ) -> None:
         super().__init__()
         check_image_size(image_size)
@@ -84,7 +87,7 @@ class ViewAugment(nn.Module):
             f"data.augment.jitter_strength must be in [0, 2.5] (0 disables jitter), got {jitter_strength!r}",
         )
         s = float(jitter_strength)
-        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(lo, hi))]
+        ops: list[nn.Module] = [K.RandomResizedCrop((image_size, image_size), scale=(lo, hi))] if crop else []
         if hflip:
             ops.append(K.RandomHorizontalFlip())
         if s > 0 and jitter_p > 0:
