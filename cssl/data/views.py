@@ -13,6 +13,7 @@ Two decoders share the sampling:
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 from collections.abc import Sequence
@@ -21,9 +22,9 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.io import ImageReadMode, decode_jpeg
-from torchvision.transforms.v2 import functional as TF
 
 Box = tuple[int, int, int, int]  # (top, left, height, width) in the image's pixels
 RATIO = (3 / 4, 4 / 3)  # RandomResizedCrop's aspect-ratio range (torchvision's and kornia's default)
@@ -53,7 +54,7 @@ def sample_box(
     random draws in the same order: with ``generator=None`` and the same global seed it returns the same box.
     """
     area = height * width
-    log_ratio = torch.log(torch.tensor(ratio))
+    log_ratio = _log_ratio(float(ratio[0]), float(ratio[1]))
     for _ in range(10):
         target_area = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
         aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
@@ -71,6 +72,12 @@ def sample_box(
     else:
         h, w = height, width
     return (height - h) // 2, (width - w) // 2, h, w
+
+
+@functools.lru_cache(maxsize=8)
+def _log_ratio(low: float, high: float) -> Tensor:
+    """torchvision's float32 ``log(ratio)`` (cached: it is the same for every box of a view)."""
+    return torch.log(torch.tensor((low, high)))
 
 
 def sample_boxes(
@@ -91,16 +98,19 @@ def _pil_tensor(image: Any) -> Tensor:
     return torch.from_numpy(array.copy()).permute(2, 0, 1).unsqueeze(0)
 
 
-def decode_image(data: bytes, boxes: Sequence[Box] | None = None, views: Sequence[ViewSpec] | None = None) -> Tensor:
+def decode_image(
+    data: bytes, boxes: Sequence[Box] | None = None, views: Sequence[ViewSpec] | None = None, header: Any = None
+) -> Tensor:
     """Decode an encoded image to (1, 3, H', W') uint8 channels-last RGB; raises on unreadable data.
 
     RGB JPEGs go to ``torchvision.io.decode_jpeg``; anything else (PNG, CMYK or grayscale JPEG, a file
     decode_jpeg refuses) to PIL. With ``boxes`` and ``views``, a JPEG is decoded at 1/2, 1/4 or 1/8 of its
     size (PIL ``draft``) when every box keeps at least its view's size; then ``H', W'`` are that smaller size.
+    ``header``: the file already opened by ``PIL.Image.open`` (not yet loaded), to read its header once.
     """
     from PIL import Image
 
-    image = Image.open(io.BytesIO(data))  # reads the header only
+    image = header if header is not None else Image.open(io.BytesIO(data))  # reads the header only
     if image.format == "JPEG" and boxes is not None and views is not None:
         r = draft_reduction(boxes, views)
         if r > 1:
@@ -135,8 +145,9 @@ def cut_views(
             t, lf = min(int(round(top * sy)), h_img - 1), min(int(round(left * sx)), w_img - 1)
             h, w = max(1, min(int(round(h * sy)), h_img - t)), max(1, min(int(round(w * sx)), w_img - lf))
             top, left = t, lf
-        crop = TF.resized_crop(image, top, left, h, w, [view.size, view.size], antialias=True)  # (1, 3, S, S)
-        out.append(crop[0].contiguous())
+        box = image[..., top : top + h, left : left + w]  # a view into the decoded image, no copy
+        crop = F.interpolate(box, size=(view.size, view.size), mode="bilinear", antialias=True, align_corners=False)
+        out.append(crop[0].contiguous())  # (3, S, S)
     return out
 
 
@@ -151,9 +162,12 @@ def header_size(data: bytes) -> tuple[int, int]:
 def decode_views(data: bytes, views: Sequence[ViewSpec], generator: torch.Generator | None = None) -> list[Tensor]:
     """Every view of one encoded image: boxes sampled from the header's size, one decode, one antialiased
     resize per view. Returns one uint8 tensor (3, S_v, S_v) per view; raises on unreadable data."""
-    height, width = header_size(data)
+    from PIL import Image
+
+    header = Image.open(io.BytesIO(data))  # reads the header only
+    width, height = header.size
     boxes = sample_boxes(height, width, views, generator)
-    image = decode_image(data, boxes, views)  # (1, 3, H', W') uint8
+    image = decode_image(data, boxes, views, header)  # (1, 3, H', W') uint8
     return cut_views(image, boxes, views, (height, width))
 
 
