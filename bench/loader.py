@@ -133,7 +133,15 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.repeats, args.draws = 4, 1, 40
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
+    try:
+        run(args)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def run(args: argparse.Namespace) -> None:
     print(f"machine: {platform.processor() or platform.machine()}, torch {torch.__version__}, one thread")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -203,3 +203,42 @@ def test_device_decode_cuts_the_same_views_and_falls_back_per_refused_file():
     # the batched call (all files readable) gives the same views as file-by-file decoding
     again, bad = decode_on_device([files[0], files[0]], boxes[:2], views, "cpu")
     assert not bad.any() and torch.equal(again[0][0], out[0][0])
+
+
+# -- wiring: the device part skips its crop; the views follow the config ------------------------------
+
+
+def test_view_augment_without_crop_keeps_the_worker_views_geometry():
+    from cssl.data import ViewAugment
+
+    x = torch.randint(0, 256, (4, 3, 24, 24), dtype=torch.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    plain = ViewAugment(24, crop=False, hflip=False, jitter_strength=0, grayscale_p=0, blur_p=0, mean=mean, std=std)
+    want = (x.float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(plain(x), want, atol=1e-5)  # no crop: only the photometric part (here none)
+    cropped = ViewAugment(24, hflip=False, jitter_strength=0, grayscale_p=0, blur_p=0, mean=mean, std=std)
+    assert not torch.allclose(cropped(x), want, atol=1e-2)
+
+
+def test_view_specs_follow_build_views_order_and_the_config():
+    from omegaconf import OmegaConf
+
+    from cssl.pretrain import build_views, view_specs
+
+    augment = {"crop_scale": [0.2, 1.0], "blur_p": 0.0}
+    multicrop = {"sizes": [24, 16], "scales": [[0.14, 1.0], [0.05, 0.4]]}
+    cfg = OmegaConf.create({"data": {"augment": augment, "multicrop": multicrop}})
+    specs = view_specs(cfg, 32)
+    assert specs == [
+        ViewSpec(32, (0.2, 1.0)),
+        ViewSpec(32, (0.2, 1.0)),
+        ViewSpec(24, (0.14, 1.0)),
+        ViewSpec(16, (0.05, 0.4)),
+    ]
+    photometric = build_views(cfg, 32, (0.5,) * 3, (0.5,) * 3, crop=False)
+    views = [torch.zeros(2, 3, s.size, s.size, dtype=torch.uint8) for s in specs]
+    assert [tuple(a(v).shape[-2:]) for a, v in zip(photometric.views, views, strict=True)] == [
+        (s.size, s.size) for s in specs
+    ]
+    plain = OmegaConf.create({"data": {"augment": augment, "multicrop": None}})
+    assert view_specs(plain, 32) == [ViewSpec(32, (0.2, 1.0))] * 2
