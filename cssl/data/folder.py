@@ -8,6 +8,7 @@ once in a warning per process, and counted in the batch so that ``data/skipped_i
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from collections.abc import Sequence
@@ -16,16 +17,19 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
-from cssl.data.views import ViewSpec, decode_views, header_size, is_device_jpeg, sample_boxes
+from cssl.data.views import ViewSpec, decode_views, sample_boxes
 from cssl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # the first bytes of each format above (TIFF little and big endian; WebP is RIFF....WEBP)
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P6", b"P5", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+# what PIL and decode_jpeg raise on corrupt, truncated or foreign data
+UNREADABLE = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, Image.DecompressionBombError)
 MAX_TRIES = 100  # consecutive unreadable files before giving up
 _warned: set[str] = set()  # files already named in a warning by this process
 
@@ -123,7 +127,7 @@ class CheckedImageFolder(ImageFolder):
             path, target = self.samples[(index + k) % len(self.samples)]
             try:
                 return self.transform(self.loader(path)), target
-            except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for unreadable data
+            except UNREADABLE as err:
                 _bad(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")
 
@@ -172,16 +176,18 @@ class FolderViews(Dataset):
         data = _read(path)
         if self.decode == "cpu":
             return decode_views(data, self.views)
-        height, width = header_size(data)
+        header = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = header.size
         boxes = torch.tensor(sample_boxes(height, width, self.views), dtype=torch.long)  # (V, 4)
-        return {"data": data, "boxes": boxes, "device_jpeg": is_device_jpeg(data), "path": path}
+        device_jpeg = header.format == "JPEG" and header.mode == "RGB"  # CMYK, grayscale, PNG: CPU decoder
+        return {"data": data, "boxes": boxes, "device_jpeg": device_jpeg, "path": path}
 
     def __getitem__(self, index: int) -> tuple[Any, int, int]:
         for k in range(MAX_TRIES):
             path, label = self.samples[(index + k) % len(self.samples)]
             try:
                 return self._item(path), label, k
-            except (OSError, ValueError, RuntimeError, SyntaxError) as err:  # PIL and decode_jpeg errors
+            except UNREADABLE as err:
                 _bad(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images could not be read (last: {path})")
 

@@ -151,14 +151,6 @@ def cut_views(
     return out
 
 
-def header_size(data: bytes) -> tuple[int, int]:
-    """(height, width) from the image's header, without decoding it; raises on unidentifiable data."""
-    from PIL import Image
-
-    width, height = Image.open(io.BytesIO(data)).size
-    return height, width
-
-
 def decode_views(data: bytes, views: Sequence[ViewSpec], generator: torch.Generator | None = None) -> list[Tensor]:
     """Every view of one encoded image: boxes sampled from the header's size, one decode, one antialiased
     resize per view. Returns one uint8 tensor (3, S_v, S_v) per view; raises on unreadable data."""
@@ -169,15 +161,6 @@ def decode_views(data: bytes, views: Sequence[ViewSpec], generator: torch.Genera
     boxes = sample_boxes(height, width, views, generator)
     image = decode_image(data, boxes, views, header)  # (1, 3, H', W') uint8
     return cut_views(image, boxes, views, (height, width))
-
-
-def is_device_jpeg(data: bytes) -> bool:
-    """Whether the device decoder should get this file: a JPEG in RGB (YCbCr); CMYK, grayscale and other
-    formats go to the CPU decoder directly."""
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data))
-    return image.format == "JPEG" and image.mode == "RGB"
 
 
 def decode_on_device(
