@@ -145,7 +145,9 @@ def cut_views(
             t, lf = min(int(round(top * sy)), h_img - 1), min(int(round(left * sx)), w_img - 1)
             h, w = max(1, min(int(round(h * sy)), h_img - t)), max(1, min(int(round(w * sx)), w_img - lf))
             top, left = t, lf
-        box = image[..., top : top + h, left : left + w]  # a view into the decoded image, no copy
+        # the box copied to contiguous channels-last memory first: the uint8 antialiased kernel then runs
+        # ~1.3x faster than on the strided slice (bench/loader.py)
+        box = image[..., top : top + h, left : left + w].contiguous(memory_format=torch.channels_last)
         crop = F.interpolate(box, size=(view.size, view.size), mode="bilinear", antialias=True, align_corners=False)
         out.append(crop[0].contiguous())  # (3, S, S)
     return out
