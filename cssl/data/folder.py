@@ -26,8 +26,8 @@ from cssl.data.views import ViewSpec, decode_views, sample_boxes
 from cssl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-# the first bytes of each format above (TIFF little and big endian; WebP is RIFF....WEBP)
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P6", b"P5", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+# the first bytes of each format above (PGM/PPM plain and raw; TIFF little and big endian; WebP is RIFF....WEBP)
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P2", b"P3", b"P5", b"P6", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 # what PIL and decode_jpeg raise on corrupt, truncated or foreign data
 UNREADABLE = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, Image.DecompressionBombError)
 MAX_TRIES = 100  # consecutive unreadable files before giving up
