@@ -15,6 +15,9 @@ from cssl import app, loggers
 from cssl.backbones import build_backbone
 from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
 from cssl.data import MultiView, ViewAugment
+from cssl.data.datamodules import ImageFolderDataModule
+from cssl.data.folder import SkippedImages
+from cssl.data.views import ViewSpec
 from cssl.errors import ConfigError, check
 from cssl.eval.embedding import embedding_map, log_image
 from cssl.methods import method_class
@@ -22,20 +25,23 @@ from cssl.methods.base import ContrastiveMethod
 from cssl.optim import OptimSettings
 
 
-def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2) -> MultiView:
+def build_views(
+    cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views: int = 2, crop: bool = True
+) -> MultiView:
     """``num_views`` views at ``image_size``, then the extra multi-crop views of ``data.multicrop`` (if any),
     then FNC's support views (``method.fnc_support_views`` when ``method.fnc`` is on).
 
     ``data.multicrop`` is null or ``{sizes: [S, ...], scales: [[min, max], ...]}``: one extra view per size,
     with its own crop area range and the rest of ``data.augment``. Methods that do not use extra views
-    (SimCLR, MoCo) take ``views[:2]`` and ignore them.
+    (SimCLR, MoCo) take ``views[:2]`` and ignore them. ``crop=False``: photometric part only, for views
+    already cut from the original image (see :func:`view_specs`).
 
     ``data.augment_per_view`` (optional) is null or a list of ``num_views`` mappings, each overriding keys of
     ``data.augment`` for one view: BYOL's asymmetric views (e.g. solarisation on the second view only).
     """
     augment = app.plain(cfg.data.augment)
     per_view = per_view_augment(app.plain(cfg.data).get("augment_per_view"), num_views)
-    views = [ViewAugment(image_size, mean=mean, std=std, **{**augment, **own}) for own in per_view]
+    views = [ViewAugment(image_size, mean=mean, std=std, crop=crop, **{**augment, **own}) for own in per_view]
     multicrop = app.plain(cfg.data).get("multicrop")
     if multicrop:
         check(
@@ -60,10 +66,23 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
                 f"data.multicrop.scales entries must be [min, max] with 0 < min <= max <= 1, got {scale!r}",
             )
             options = {**augment, "crop_scale": scale}
-            views.append(ViewAugment(size, mean=mean, std=std, **options))
+            views.append(ViewAugment(size, mean=mean, std=std, crop=crop, **options))
     # FNC's support views last: full-size views of the same augmentation (NEGATIVES.md 1.1, FNC data.py:116-133)
-    views += [ViewAugment(image_size, mean=mean, std=std, **augment) for _ in range(support_view_count(cfg))]
+    views += [ViewAugment(image_size, mean=mean, std=std, crop=crop, **augment) for _ in range(support_view_count(cfg))]
     return MultiView(views)
+
+
+def view_specs(cfg: DictConfig, image_size: int, num_views: int = 2) -> list[ViewSpec]:
+    """Side and crop scale of every view of :func:`build_views` (same order), for loaders that cut the
+    views from the original images (run after build_views, which checks ``data.multicrop``)."""
+    scale = tuple(float(v) for v in cfg.data.augment.crop_scale)
+    per_view = per_view_augment(app.plain(cfg.data).get("augment_per_view"), num_views)
+    views = [ViewSpec(image_size, tuple(float(v) for v in own.get("crop_scale", scale))) for own in per_view]
+    multicrop = app.plain(cfg.data).get("multicrop") or {"sizes": [], "scales": []}
+    for size, extra in zip(multicrop["sizes"], multicrop["scales"], strict=True):
+        views.append(ViewSpec(int(size), (float(extra[0]), float(extra[1]))))
+    views += [ViewSpec(image_size, scale) for _ in range(support_view_count(cfg))]
+    return views
 
 
 def support_view_count(cfg: DictConfig) -> int:
@@ -72,11 +91,13 @@ def support_view_count(cfg: DictConfig) -> int:
     if OmegaConf.select(cfg, "method.fnc", default="none") == "none" or not isinstance(count, int) or isinstance(count, bool):
         return 0  # a bad value is reported by the method's own check
     return max(0, count)
+
+
 def per_view_augment(per_view: Any, num_views: int) -> list[dict[str, Any]]:
     """The validated ``data.augment_per_view``: one (possibly empty) mapping of overrides per view."""
     if per_view is None:
         return [{} for _ in range(num_views)]
-    known = set(inspect.signature(ViewAugment).parameters) - {"image_size", "mean", "std"}
+    known = set(inspect.signature(ViewAugment).parameters) - {"image_size", "mean", "std", "crop"}
     check(
         isinstance(per_view, list) and len(per_view) == num_views and all(isinstance(v, dict) for v in per_view),
         f"data.augment_per_view must be null or a list of {num_views} mappings (one per view), got {per_view!r}",
@@ -203,6 +224,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
     data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
+    if isinstance(data, ImageFolderDataModule):  # views cut from the original images on the loader workers
+        photometric = build_views(cfg, data.image_size, data.mean, data.std, crop=False)
+        data.cut_views(view_specs(cfg, data.image_size), photometric)
     data.eval_transform = app.eval_transform(data)  # data.eval_image_size; the stem follows data.image_size
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
@@ -226,7 +250,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.val_views = model.diagnostics_every_n_steps > 0
     app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
     maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
-    callbacks = [checkpoints, RNGState(), throughput, maps]
+    callbacks = [checkpoints, RNGState(), throughput, maps, SkippedImages()]
     trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
     trainer.fit(model, datamodule=data, ckpt_path=resume)

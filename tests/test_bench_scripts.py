@@ -38,3 +38,12 @@ def test_throughput_bench_quick(capsys):
     rows = {line.split()[0]: line.split()[1:] for line in out.splitlines()[2:] if line.strip()}
     assert set(methods) <= set(rows)
     assert all(float(v) > 0 for name in methods for v in rows[name])
+
+
+def test_loader_bench_quick(capsys):
+    out = run_quick("loader", capsys)
+    rows = {line[:24].strip(): line[24:].split() for line in out.splitlines() if line[:1] in "nodtcf"}
+    for name in ("new 2x224", "new 2x224+4x96", "old 256 square", "torchvision RRC 2x224", "decode=gpu worker"):
+        assert float(rows[name][0]) > 0, name
+    # the coverage figure is a seeded count, not a timing: views from the original reach the outer quarters
+    assert float(rows["cut from the original"][0]) >= 0.25 and float(rows["from the old square"][0]) == 0

@@ -22,6 +22,8 @@ from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cssl.backbones import auto_cifar_stem
+from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
+from cssl.data.views import ViewSpec, decode_on_device
 from cssl.errors import ConfigError, _is_number, check
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -455,12 +457,19 @@ class STL10DataModule(TorchvisionDataModule):
 class ImageFolderDataModule(ImageDataModule):
     """Any class-per-folder tree (ImageNet, ImageNet-100, ...) with separate train and val roots.
 
-    Images are decoded on the loader workers, resized (shorter side) and centre-cropped to
-    ``load_size`` so that they collate; the random crops of the views are taken on the device.
+    Pretraining (after :meth:`cut_views`): every view's random resized crop is taken from the original
+    image on the loader workers (``decode="cpu"``) or on the device (``decode="gpu"``), antialiased, and
+    only the photometric augmentation runs on the device (:mod:`cssl.data.views`). Evaluation, the kNN bank
+    and linear-probe training: images resized (shorter side) and centre-cropped to ``load_size`` so that
+    they collate (then centre-cropped to ``image_size``, or randomly cropped on the device).
 
     Args:
         train_dir, val_dir: folders under ``root`` (or absolute paths).
-        load_size: side of the decoded images; default ``image_size * 8 / 7`` (256 for 224).
+        load_size: side of the decoded evaluation images; default ``image_size * 8 / 7`` (256 for 224).
+        decode: where pretraining views are decoded and cut: ``"cpu"`` (loader workers) or ``"gpu"``
+            (``torchvision.io.decode_jpeg`` on the training device, CPU fallback per refused file).
+        skip_bad_images: replace an unreadable file by another one and count it (``data/skipped_images``);
+            false makes it an error naming the file.
     """
 
     name = "imagefolder"
@@ -468,9 +477,22 @@ class ImageFolderDataModule(ImageDataModule):
     center_crop_eval = True
 
     def __init__(
-        self, *, train_dir: str = "train", val_dir: str = "val", load_size: int | None = None, **kwargs: Any
+        self,
+        *,
+        train_dir: str = "train",
+        val_dir: str = "val",
+        load_size: int | None = None,
+        decode: str = "cpu",
+        skip_bad_images: bool = True,
+        **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        check(decode in ("cpu", "gpu"), f"data.decode must be cpu or gpu, got {decode!r}")
+        check(isinstance(skip_bad_images, bool), f"data.skip_bad_images must be true or false, got {skip_bad_images!r}")
+        self.decode, self.skip_bad_images = decode, skip_bad_images
+        self.views: list[ViewSpec] | None = None  # set by cut_views
+        self.view_augment: Any = None
+        self.skipped_images: Tensor | None = None  # unreadable files replaced in the last training batch
         self.train_dir = self.root / train_dir
         self.val_dir = self.root / val_dir
         check(
@@ -483,7 +505,6 @@ class ImageFolderDataModule(ImageDataModule):
 
     def _open(self, folder: Path) -> Dataset:
         from torchvision import transforms as T
-        from torchvision.datasets import ImageFolder
 
         if not folder.is_dir():
             raise ConfigError(
@@ -492,7 +513,7 @@ class ImageFolderDataModule(ImageDataModule):
             )
         tf = T.Compose([T.Resize(self.load_size), T.CenterCrop(self.load_size), T.PILToTensor()])
         try:
-            return ImageFolder(str(folder), transform=tf, loader=_rgb_loader)
+            return CheckedImageFolder(str(folder), transform=tf, skip_bad_images=self.skip_bad_images)
         except (FileNotFoundError, RuntimeError) as err:
             raise ConfigError(
                 f"data.root: no class folders with images in {folder} ({_one_line(err)}); "
@@ -510,14 +531,41 @@ class ImageFolderDataModule(ImageDataModule):
                 "give both the same class folders"
             )
         self.num_classes = len(train.classes)
-        return {"pretrain": train, "labelled": train, "val": val}
+        return {"pretrain": self._views_set(train), "labelled": train, "val": val}
 
+    def cut_views(self, views: list[ViewSpec], augment: Any) -> None:
+        """Pretrain on views cut from the original images: ``views`` (side and crop scale of each, in the
+        order of ``augment``'s views) are cut on the loader workers (or on the device with ``decode="gpu"``)
+        and ``augment`` (a :class:`MultiView` of ``ViewAugment(crop=False)``) adds the photometric part on
+        the device. ``train_transform`` then serves only the validation view pairs."""
+        check(
+            len(views) == len(augment.views),
+            f"cut_views: {len(views)} views but {len(augment.views)} augmentations",
+        )
+        self.views, self.view_augment = list(views), augment
+        if self.sets:
+            self.sets["pretrain"] = self._views_set(self.sets["labelled"])
 
-def _rgb_loader(path: str) -> Any:
-    from PIL import Image
+    def _views_set(self, train: Any) -> Dataset:
+        if self.views is None or self.train_split != "pretrain":
+            return train
+        return FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
 
-    with open(path, "rb") as f:
-        return Image.open(f).convert("RGB")
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if not (trainer is not None and trainer.training and self.views is not None and len(batch) == 3):
+            return super().on_after_batch_transfer(batch, dataloader_idx)
+        payload, y, skipped = batch  # views cut on the workers, or encoded files for the device decoder
+        if self.decode == "gpu":
+            views, bad = decode_on_device(
+                payload["data"], payload["boxes"], self.views, y.device, payload["device_jpeg"]
+            )
+            replace_bad(views, y, bad, payload["path"], self.skip_bad_images)
+            skipped = skipped + bad
+        else:
+            views = payload
+        self.skipped_images = skipped.sum()
+        return [augment(v) for augment, v in zip(self.view_augment.views, views, strict=True)], y
 
 
 DATASETS: dict[str, type[ImageDataModule]] = {

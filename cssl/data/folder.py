@@ -1,0 +1,223 @@
+"""Class-per-folder image trees: checked listing, robust reading, and the pretraining set whose views are
+cut from the original images on the loader workers (:mod:`cssl.data.views`).
+
+A bad file (undecodable or truncated) is skipped: replaced by the next readable image of the listing, named
+once in a warning per process, and counted in the batch so that ``data/skipped_images`` reaches the logger
+(:class:`SkippedImages`). With ``skip_bad_images=False`` it is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+from cssl.data.views import ViewSpec, decode_views, sample_boxes
+from cssl.errors import ConfigError
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# the first bytes of each format above (PGM/PPM plain and raw; TIFF little and big endian; WebP is RIFF....WEBP)
+MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P2", b"P3", b"P5", b"P6", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
+# what PIL and decode_jpeg raise on corrupt, truncated or foreign data
+UNREADABLE = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, Image.DecompressionBombError)
+MAX_TRIES = 100  # consecutive unreadable files before giving up
+_warned: set[str] = set()  # files already named in a warning by this process
+
+
+class BadImageError(ConfigError):
+    """An unreadable image with ``data.skip_bad_images=false``.
+
+    The loader workers re-raise an exception with its traceback in the message; the one line that names
+    the file is kept, so the entry points still print one line.
+    """
+
+    def __init__(self, message: str) -> None:
+        line = message.strip().splitlines()[-1] if message.strip() else message
+        prefix = f"{type(self).__module__}.{type(self).__name__}: "
+        super().__init__(line[len(prefix) :] if line.startswith(prefix) else line)
+
+
+def _is_hidden(name: str) -> bool:
+    return name.startswith(".")
+
+
+def scan_class_folders(directory: str | Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
+    """(path, class index) of every image, sorted; a one-line :class:`ConfigError` for an empty class
+    folder, a file that is not an image by its extension, or a first file per class whose header is not
+    an image's. Cheap: a listing plus one header read per class, no decoding."""
+    samples: list[tuple[str, int]] = []
+    for name in sorted(class_to_idx):
+        folder = os.path.join(str(directory), name)
+        files: list[str] = []
+        for root, _, names in sorted(os.walk(folder, followlinks=True)):
+            for file in sorted(names):
+                if _is_hidden(file):
+                    continue
+                path = os.path.join(root, file)
+                if not file.lower().endswith(IMAGE_EXTENSIONS):
+                    raise ConfigError(
+                        f"data.root: {path} is not an image (extensions {', '.join(IMAGE_EXTENSIONS)}); "
+                        "move it out of the class folders"
+                    )
+                files.append(path)
+        if not files:
+            raise ConfigError(f"data.root: class folder {folder} holds no images; remove it or put its images there")
+        with open(files[0], "rb") as f:
+            head = f.read(16)
+        if not head.startswith(MAGIC):
+            raise ConfigError(
+                f"data.root: {files[0]} is not an image (its first bytes are no image format's); replace or remove it"
+            )
+        samples += [(path, class_to_idx[name]) for path in files]
+    return samples
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _bad(path: str, err: BaseException, skip: bool) -> None:
+    """Warn once per process about a skipped file, or raise :class:`BadImageError` naming it."""
+    reason = " ".join(str(err).split()) or type(err).__name__
+    if not skip:
+        raise BadImageError(
+            f"data.skip_bad_images=false: could not read {path} ({reason}); replace or remove the file, "
+            "or set data.skip_bad_images=true to skip such files"
+        )
+    if path not in _warned:
+        _warned.add(path)
+        warnings.warn(
+            f"data: skipped unreadable image {path} ({reason}); replaced by another image, "
+            "counted in data/skipped_images",
+            stacklevel=2,
+        )
+
+
+class CheckedImageFolder(ImageFolder):
+    """torchvision's ImageFolder with :func:`scan_class_folders`' checks and bad files replaced by the
+    next readable one (the evaluation and linear-probe sets: resized, centre-cropped images)."""
+
+    def __init__(self, root: str, *, transform: Any, skip_bad_images: bool = True) -> None:
+        self.skip_bad_images = skip_bad_images
+        super().__init__(root, transform=transform, loader=_rgb_loader)
+
+    @staticmethod
+    def make_dataset(
+        directory: str | Path,
+        class_to_idx: dict[str, int],
+        extensions: tuple[str, ...] | None = None,
+        is_valid_file: Any = None,
+        allow_empty: bool = False,
+    ) -> list[tuple[str, int]]:
+        return scan_class_folders(directory, class_to_idx)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for k in range(MAX_TRIES):
+            path, target = self.samples[(index + k) % len(self.samples)]
+            try:
+                return self.transform(self.loader(path)), target
+            except UNREADABLE as err:
+                _bad(path, err, self.skip_bad_images)
+        raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")
+
+
+def _rgb_loader(path: str) -> Any:
+    from PIL import Image
+
+    with open(path, "rb") as f:
+        return Image.open(f).convert("RGB")
+
+
+class FolderViews(Dataset):
+    """The pretraining set of an image folder: per image, every view cut from the original.
+
+    Items are ``(views, label, skipped)``: with ``decode="cpu"`` ``views`` is a list of uint8 tensors
+    (3, S_v, S_v), one per view; with ``decode="gpu"`` it is ``{"data": bytes, "boxes": (V, 4) int64,
+    "device_jpeg": bool, "path": str}`` for :func:`cssl.data.views.decode_on_device`. ``skipped`` counts the
+    unreadable files replaced to make this item (0 almost always).
+
+    Args:
+        samples: (path, label) pairs.
+        views: the views of the recipe.
+        decode: ``"cpu"`` (decode and cut on the worker) or ``"gpu"`` (read and sample boxes only).
+        skip_bad_images: replace unreadable files by the next readable one (else raise).
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        views: Sequence[ViewSpec],
+        *,
+        decode: str = "cpu",
+        skip_bad_images: bool = True,
+    ) -> None:
+        self.samples, self.views, self.decode, self.skip_bad_images = (
+            list(samples),
+            list(views),
+            decode,
+            skip_bad_images,
+        )
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _item(self, path: str) -> Any:
+        data = _read(path)
+        if self.decode == "cpu":
+            return decode_views(data, self.views)
+        header = Image.open(io.BytesIO(data))  # reads the header only
+        width, height = header.size
+        boxes = torch.tensor(sample_boxes(height, width, self.views), dtype=torch.long)  # (V, 4)
+        device_jpeg = header.format == "JPEG" and header.mode == "RGB"  # CMYK, grayscale, PNG: CPU decoder
+        return {"data": data, "boxes": boxes, "device_jpeg": device_jpeg, "path": path}
+
+    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+        for k in range(MAX_TRIES):
+            path, label = self.samples[(index + k) % len(self.samples)]
+            try:
+                return self._item(path), label, k
+            except UNREADABLE as err:
+                _bad(path, err, self.skip_bad_images)
+        raise ConfigError(f"data.root: {MAX_TRIES} consecutive images could not be read (last: {path})")
+
+
+def replace_bad(views: list[Tensor], labels: Tensor, bad: Tensor, paths: Sequence[str], skip: bool) -> None:
+    """In place: rows of files no decoder read (``bad``, (B,) bool) take the views and label of the next
+    good row of the batch (the device-decode path's skip); or raise naming the first bad file."""
+    rows = bad.nonzero().flatten().tolist()
+    good = (~bad).nonzero().flatten().tolist()
+    for i in rows:
+        _bad(paths[i], OSError("no decoder could read it"), skip)
+    if not good:
+        raise ConfigError(f"data.root: no image of a batch could be read (first: {paths[rows[0]]})")
+    for i in rows:
+        j = next((g for g in good if g > i), good[0])
+        for v in views:
+            v[i] = v[j]
+        labels[i] = labels[j]
+
+
+class SkippedImages(pl.Callback):
+    """Logs ``data/skipped_images``: unreadable files replaced during the epoch, summed over ranks.
+
+    The data module leaves the count of its last training batch (a device tensor) in ``skipped_images``;
+    summing per step and syncing at the epoch's end costs no host sync and one reduction per epoch.
+    """
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        count = getattr(trainer.datamodule, "skipped_images", None)
+        if count is not None:
+            pl_module.log(
+                "data/skipped_images", count.float(), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True
+            )
