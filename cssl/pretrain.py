@@ -72,6 +72,15 @@ def build_views(
     return MultiView(views)
 
 
+def set_train_views(cfg: DictConfig, data: Any) -> None:
+    """Give ``data`` the training views of ``cfg``: on the device for in-memory data, or cut from the original
+    images on the loader workers for an image folder (photometry then on the device)."""
+    data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
+    if isinstance(data, ImageFolderDataModule):
+        photometric = build_views(cfg, data.image_size, data.mean, data.std, crop=False)
+        data.cut_views(view_specs(cfg, data.image_size), photometric)
+
+
 def view_specs(cfg: DictConfig, image_size: int, num_views: int = 2) -> list[ViewSpec]:
     """Side and crop scale of every view of :func:`build_views` (same order), for loaders that cut the
     views from the original images (run after build_views, which checks ``data.multicrop``)."""
@@ -223,10 +232,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
 
     data = app.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
-    data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)
-    if isinstance(data, ImageFolderDataModule):  # views cut from the original images on the loader workers
-        photometric = build_views(cfg, data.image_size, data.mean, data.std, crop=False)
-        data.cut_views(view_specs(cfg, data.image_size), photometric)
+    set_train_views(cfg, data)
     data.eval_transform = app.eval_transform(data)  # data.eval_image_size; the stem follows data.image_size
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)

@@ -79,7 +79,7 @@ def training_views(cfg: Any, images: int) -> list[Any]:
 
     from cssl import app
     from cssl.errors import check
-    from cssl.pretrain import build_views
+    from cssl.pretrain import set_train_views
 
     app.check_int("seed", cfg.seed, 0)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
@@ -90,7 +90,7 @@ def training_views(cfg: Any, images: int) -> list[Any]:
     available = len(data.sets[data.train_split])
     check(images <= available, f"preview.images={images} exceeds the {available} training images of {data.name}")
     data.batch_size = max(2, images)
-    data.train_transform = build_views(cfg, data.image_size, data.mean, data.std)  # as pretrain() does
+    set_train_views(cfg, data)  # as pretrain() does (image folders: views cut on the loader workers)
     data.trainer = SimpleNamespace(training=True)  # the hook only asks whether the trainer is training
     batch = next(iter(data.train_dataloader()))
     views = data.on_after_batch_transfer(batch, 0)[0]
