@@ -52,6 +52,13 @@ def train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], pa
         isinstance(augment, dict) and isinstance(meta.get("image_size"), int),
         f"train_augment=pretrain: checkpoint {path} holds no pretraining augmentation; use train_augment=linear",
     )
+    for key in ("mean", "std"):  # the pipeline includes its normalisation, which the test images must share
+        saved = config.get("data", {}).get(key)
+        check(
+            saved is None or [round(float(v), 6) for v in saved] == [round(v, 6) for v in getattr(data, key)],
+            f"train_augment=pretrain: data.{key}={list(getattr(data, key))} differs from the pretraining "
+            f"data.{key}={saved} of {path}; pass data.{key}={saved}",
+        )
     return ViewAugment(int(meta["image_size"]), mean=data.mean, std=data.std, **augment)
 
 

@@ -147,3 +147,9 @@ def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
     assert any(type(op).__name__ == "RandomGaussianBlur" for op in views.ops)
     with pytest.raises(ConfigError, match="train_augment=pretrain"):
         train_views(cfg, data, {"image_size": 24}, "ckpt")
+    # the normalisation belongs to the pipeline: a checkpoint pretrained with other constants is refused
+    meta["config"]["data"]["std"] = [0.2023, 0.1994, 0.2010]
+    with pytest.raises(ConfigError, match=r"data.std=\[0.2023, 0.1994, 0.201\]"):
+        train_views(cfg, data, meta, "ckpt")
+    meta["config"]["data"]["std"] = list(data.std)
+    assert train_views(cfg, data, meta, "ckpt").normalize is not None
