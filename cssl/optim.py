@@ -4,7 +4,7 @@ decay at milestones), stepped per optimiser step or per epoch."""
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -78,7 +78,11 @@ class OptimSettings:
             self.schedule_interval in INTERVALS,
             f"optimizer.schedule_interval must be one of {', '.join(INTERVALS)}, got {self.schedule_interval!r}",
         )
-        milestones = list(self.milestones) if isinstance(self.milestones, list | tuple) else None
+        milestones = (
+            list(self.milestones)
+            if isinstance(self.milestones, Sequence) and not isinstance(self.milestones, str)
+            else None
+        )
         check(
             milestones is not None
             and all(_is_number(m) and m >= 0 for m in milestones)

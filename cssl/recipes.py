@@ -56,6 +56,8 @@ class Recipe:
 
 @dataclass(frozen=True)
 class Table:
+    """The resolved table: official repositories by short name (repo, commit) and the recipes by experiment."""
+
     sources: dict[str, dict[str, str]]
     recipes: dict[str, Recipe]
 
@@ -104,6 +106,7 @@ def merge(rows: list[Row], new: list[Row]) -> list[Row]:
 
 
 def parse_row(spec: dict[str, Any], sources: dict[str, Any], where: str) -> Row:
+    """One row of the table, checked: known sources, known derived values, a reason for rows without keys."""
     item = spec.get("item")
     if not item or "official" not in spec:
         raise ValueError(f"recipes table: a row of {where} lacks 'item' or 'official': {spec!r}")
@@ -211,6 +214,7 @@ def fmt(value: Any) -> str:
 
 
 def cell(text: str) -> str:
+    """Text for one markdown table cell (one line, pipes escaped)."""
     return " ".join(str(text).split()).replace("|", "\\|")
 
 
@@ -244,6 +248,7 @@ def eval_command(recipe: Recipe) -> str | None:
 
 
 def target_text(recipe: Recipe, sources: dict[str, dict[str, str]]) -> str:
+    """The published target with its metric and a link to where it is published."""
     target = recipe.target
     if not target:
         return "no published target"

@@ -167,3 +167,11 @@ def test_warmup_per_epoch():
 def test_bad_schedule_settings(kwargs, key):
     with pytest.raises(ConfigError, match=key):
         OptimSettings(**kwargs)
+
+
+def test_milestones_from_a_composed_config():
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.create({"milestones": [], "schedule": "steps"})
+    assert OptimSettings(**cfg).milestones == ()
+    assert OptimSettings(milestones=OmegaConf.create([60, 80])).milestones == (60.0, 80.0)

@@ -179,3 +179,16 @@ def test_check_mode_reports_a_stale_page_and_a_differing_value(tmp_path, monkeyp
     out = capsys.readouterr().out
     assert "recipes.md is stale" in out and "method.tau_plus is 0.2, the table says 0.1" in out
     assert "protocol=dcl_hcl: optimizer.name is 'sgd', the table says 'adam'" in out
+
+
+def test_readme_reproduction_table_quotes_each_target_with_its_protocol():
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Reproducing published results") : readme.index("## Configuration reference")]
+    assert "(docs/recipes.md)" in section
+    for name, recipe in TABLE.recipes.items():
+        if not recipe.target:
+            continue
+        (line,) = [line for line in section.splitlines() if f"`{name}`" in line]
+        assert f"{recipe.target['value']}" in line, name
+        if recipe.protocol != "default":
+            assert f"protocol={recipe.protocol}" in line, name

@@ -117,7 +117,8 @@ class ImageDataModule(pl.LightningDataModule):
             check(
                 values is None
                 or (
-                    isinstance(values, list | tuple)
+                    isinstance(values, Sequence)
+                    and not isinstance(values, str)
                     and len(values) == 3
                     and all(_is_number(v) and (v > 0 if key == "std" else True) for v in values)
                 ),

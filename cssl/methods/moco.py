@@ -38,6 +38,9 @@ class MoCo(MomentumMethod):
         queue_size: K, entries of the queue.
         proj_output_dim: dimension of the projections (queries, keys, negatives).
         symmetric: both views serve as query, the two losses are averaged and both key sets enqueued.
+        query_bn_splits: in training, the query batch goes through the backbone as this many interleaved groups
+            (images i, i + S, i + 2S, ...), each with its own BN statistics: the SplitBatchNorm of MoCo's CIFAR demo
+            (moco_cifar10_demo.ipynb, cell 8), which simulates 8 GPUs on one. 1: one pass over the batch.
         **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
     """
 
@@ -49,11 +52,17 @@ class MoCo(MomentumMethod):
         queue_size: int = QUEUE_SIZE,
         proj_output_dim: int = 128,
         symmetric: bool = False,
+        query_bn_splits: int = 1,
         **kwargs: Any,
     ) -> None:
         check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
+        check(
+            _is_int(query_bn_splits) and query_bn_splits >= 1,
+            f"method.query_bn_splits must be an integer >= 1, got {query_bn_splits!r}",
+        )
         super().__init__(backbone, temperature=temperature, proj_output_dim=proj_output_dim, **kwargs)
         self.symmetric = bool(symmetric)
+        self.query_bn_splits = query_bn_splits
         self.queue = QueuePool(queue_size, proj_output_dim)
         self._pending_keys: Tensor | None = None
         if self.negatives.fnc != "none":  # the queue entries' labels, for neg/fnc_precision only (-1: unknown)
@@ -65,7 +74,7 @@ class MoCo(MomentumMethod):
     # -- the step ------------------------------------------------------------------------------------
     def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         momentum = self.momentum_update()
-        feats = self.backbone(views[0])  # (B, F)
+        feats = self.query_features(views[0])  # (B, F)
         q = self.projector(feats)  # (B, D)
         k = self.keys(views[1])  # (B, D)
         fnc = self.negatives.fnc != "none"
@@ -75,7 +84,7 @@ class MoCo(MomentumMethod):
         loss = self.contrastive_loss(pos, neg, mask, extra_pos)
         pending = [k]
         if self.symmetric:
-            q2 = self.projector(self.backbone(views[1]))  # (B, D)
+            q2 = self.projector(self.query_features(views[1]))  # (B, D)
             k2 = self.keys(views[0]) if k2 is None else k2  # (B, D)
             loss = (loss + self.contrastive_loss(*self.query_negatives(q2, k2, support))) / 2
             pending.append(k2)
@@ -83,6 +92,17 @@ class MoCo(MomentumMethod):
         if self._batch_labels is not None:
             self._pending_labels = torch.cat([self._batch_labels] * len(pending))  # (B or 2B,)
         return loss, feats, self._diagnostics(pos, neg, momentum)
+
+    def query_features(self, x: Tensor) -> Tensor:
+        """Backbone features (B, F) of the queries; in training with ``query_bn_splits`` S > 1, the batch is
+        forwarded as S interleaved groups x[s::S], each with its own BN statistics, and put back in order."""
+        splits = min(self.query_bn_splits, x.shape[0] // 2)
+        if not self.training or splits <= 1:
+            return self.backbone(x)  # (B, F)
+        b = x.shape[0]
+        order = torch.cat([torch.arange(s, b, splits, device=x.device) for s in range(splits)])  # (B,)
+        feats = torch.cat([self.backbone(x[s::splits]) for s in range(splits)])  # (B, F), grouped order
+        return feats[torch.argsort(order)]  # (B, F), batch order
 
     def after_optimizer_step(self) -> None:
         if self._pending_keys is not None:

@@ -1,3 +1,4 @@
+import copy
 import json
 import math
 import os
@@ -165,6 +166,39 @@ def test_momentum_schedule_ends_at_momentum_end():
     model._trainer = None
 
 
+class _ReshapeSplitBN(nn.BatchNorm2d):
+    """The MoCo CIFAR demo's SplitBatchNorm in training, written independently: the batch is reshaped to
+    (B/S, C*S, H, W) so that image i's channels land in group i mod S, and plain BN runs over that."""
+
+    def __init__(self, bn: nn.BatchNorm2d, splits: int) -> None:
+        super().__init__(bn.num_features)
+        self.load_state_dict(bn.state_dict())
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.splits
+        return F.batch_norm(
+            x.reshape(-1, c * s, h, w), None, None, self.weight.repeat(s), self.bias.repeat(s), True, 0.0, self.eps
+        ).reshape(n, c, h, w)
+
+
+def test_query_bn_splits_equals_the_demos_split_batch_norm():
+    model = make(query_bn_splits=3).train()
+    x = torch.randn(B, 3, 5, 5, generator=torch.Generator().manual_seed(4))
+    reference = copy.deepcopy(model.backbone)
+    reference.body[1] = _ReshapeSplitBN(reference.body[1], 3)
+    assert torch.allclose(model.query_features(x), reference(x), atol=1e-5)
+    whole = model.backbone(x)
+    assert not torch.allclose(model.query_features(x), whole, atol=1e-3)  # BN statistics per group differ
+    model.eval()
+    assert torch.equal(model.query_features(x), model.backbone(x))  # running statistics in eval mode
+    model.train()
+    assert torch.allclose(make(query_bn_splits=1).query_features(x), whole, atol=1e-6)
+    # more groups than pairs of images: at most B // 2 groups of >= 2 images
+    assert torch.allclose(make(query_bn_splits=100).query_features(x), make(query_bn_splits=3).query_features(x))
+
+
 def test_symmetric_averages_both_directions_and_enqueues_both_key_sets():
     model = make(symmetric=True)
     queue_before = model.queue.queue.clone()
@@ -261,6 +295,7 @@ def test_mochi_mixes_after_its_warmup_only():
         (MoCo, {"momentum": -0.1}, "method.momentum"),
         (MoCo, {"key_bn": "batch"}, "method.key_bn"),
         (MoCo, {"momentum_schedule": "linear"}, "method.momentum_schedule"),
+        (MoCo, {"query_bn_splits": 0}, "method.query_bn_splits"),
         (MoCo, {"momentum_schedule": "cosine", "momentum_end": 0.5}, "method.momentum_end"),
         (MoCo, {"estimator": "nce"}, "estimator"),
         (MoChi, {"n_hard": 21}, "method.n_hard"),

@@ -87,3 +87,14 @@ def test_adco_symmetric_and_multicrop_query_passes(per_view):
 def test_bad_value():
     with pytest.raises(ConfigError, match="per_view_forward"):
         _model("simclr", per_view="yes")
+
+
+def test_the_config_key_reaches_the_method():
+    from cssl.pretrain import build_method
+    from tests.conftest import compose
+
+    cfg = compose(
+        "train", ["method=hcl", "method.per_view_forward=true", "method.proj_hidden_dim=8", "backbone=timm:test_resnet"]
+    )
+    assert build_method(cfg, num_classes=10, batch_size=4, cifar_stem=False).per_view_forward is True
+    assert compose("train", ["method=adco"]).method.per_view_forward is False
