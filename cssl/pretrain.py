@@ -65,7 +65,11 @@ def build_views(cfg: DictConfig, image_size: int, mean: Any, std: Any, num_views
 def support_view_count(cfg: DictConfig) -> int:
     """FNC's extra support views per image: ``method.fnc_support_views`` when ``method.fnc`` is on, else 0."""
     count = OmegaConf.select(cfg, "method.fnc_support_views", default=0)
-    if OmegaConf.select(cfg, "method.fnc", default="none") == "none" or not isinstance(count, int) or isinstance(count, bool):
+    if (
+        OmegaConf.select(cfg, "method.fnc", default="none") == "none"
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+    ):
         return 0  # a bad value is reported by the method's own check
     return max(0, count)
 
