@@ -97,7 +97,11 @@ def view_specs(cfg: DictConfig, image_size: int, num_views: int = 2) -> list[Vie
 def support_view_count(cfg: DictConfig) -> int:
     """FNC's extra support views per image: ``method.fnc_support_views`` when ``method.fnc`` is on, else 0."""
     count = OmegaConf.select(cfg, "method.fnc_support_views", default=0)
-    if OmegaConf.select(cfg, "method.fnc", default="none") == "none" or not isinstance(count, int) or isinstance(count, bool):
+    if (
+        OmegaConf.select(cfg, "method.fnc", default="none") == "none"
+        or not isinstance(count, int)
+        or isinstance(count, bool)
+    ):
         return 0  # a bad value is reported by the method's own check
     return max(0, count)
 

@@ -34,7 +34,9 @@ CURRICULA = {"none": None, "linear": 1.0, "sqrt": 0.5}  # name -> exponent gamma
 RING_EASY_OUTER = 1.0  # the ring's outer fraction at h = 0 (RING policy.py:67-87 anneals 1.0 -> target)
 
 
-def top_ranked(scores: Tensor, mask: Tensor, k: Tensor | int, max_k: int | None = None) -> Tensor:
+def top_ranked(
+    scores: Tensor, mask: Tensor, k: Tensor | int, max_k: int | None = None, max_rest: int | None = None
+) -> Tensor:
     """The k_a highest-scoring real columns of each row, ties to the lower column index (tf.math.top_k).
 
     Args:
@@ -42,12 +44,20 @@ def top_ranked(scores: Tensor, mask: Tensor, k: Tensor | int, max_k: int | None 
         mask: (A, M) bool, True on the real columns (the only ones ranked).
         k: per-row count (A,) (long) or one int; clipped to the number of real columns of the row.
         max_k: an upper bound of every k_a known on the host (default: M), the width of the top-k pass.
+        max_rest: an upper bound of every n_a - k_a (n_a real columns), if known on the host: when it is the
+            smaller width, the complement (the n_a - k_a lowest, ties to the higher index) is selected
+            instead, so that keeping nearly everything costs a narrow top-k rather than a full sort.
 
     Returns:
         (A, M) bool.
     """
     a, m = scores.shape
     width = min(m, m if max_k is None else max(0, int(max_k)))
+    if max_rest is not None and 0 <= max_rest < width:
+        k = torch.as_tensor(k, device=scores.device).expand(a)
+        rest = mask.sum(1) - torch.minimum(k, mask.sum(1))  # (A,)
+        flipped = top_ranked(-scores.flip(1), mask.flip(1), rest, max_k=max_rest)  # lowest, ties to higher index
+        return mask & ~flipped.flip(1)
     if width == 0:
         return torch.zeros_like(mask)
     real = mask.sum(1)  # (A,)
@@ -136,8 +146,9 @@ def ring_mask(sim: Tensor, mask: Tensor, outer: float, inner: float) -> Tensor:
     n_outer = torch.floor(outer * n).long()  # (A,)
     n_inner = torch.floor(inner * n_outer.double()).long()  # (A,)
     max_outer = math.floor(outer * mask.shape[1])  # host bound of every n_outer
+    max_rest = math.floor((1.0 - outer) * mask.shape[1]) + 1  # host bound of every n - n_outer
     sim = sim.detach()
-    kept = top_ranked(sim, mask, n_outer, max_k=max_outer)
+    kept = top_ranked(sim, mask, n_outer, max_k=max_outer, max_rest=max_rest)
     if inner > 0:
         kept &= ~top_ranked(sim, mask, n_inner, max_k=math.floor(inner * max_outer))
     return kept

@@ -102,7 +102,7 @@ class AdCo(MomentumMethod):
         keys = [k1]
         if self.symmetric:
             keys.insert(0, distributed.gather(local[1]))  # keys of view 0 pair with queries of view 1
-        select = self._selection_inputs(local, b) if self.negatives.active else None
+        select = self._selection_inputs(local) if self.negatives.active else None
         pairs = [(queries[0], k1, 1.0 / n_main)]
         if self.symmetric:
             pairs.append((queries[1], keys[0], 1.0 / n_main))
@@ -129,7 +129,7 @@ class AdCo(MomentumMethod):
                 self.bank.offer_keys(k)
         return loss, feats[:b], logs
 
-    def _selection_inputs(self, local_keys: list[Tensor], b: int) -> dict[str, Any]:
+    def _selection_inputs(self, local_keys: list[Tensor]) -> dict[str, Any]:
         """FNC's support set (momentum keys of the image's views and support views) and, when diagnosing,
         the labels of the rows and of the columns (gathered keys: their images'; bank: unknown)."""
         inputs: dict[str, Any] = {}

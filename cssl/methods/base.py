@@ -19,14 +19,15 @@ from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
 from cssl.contrastive.estimators import annealed_beta, check_estimator, info_nce
-from cssl.contrastive.negatives import RING_EASY_OUTER, NegativeSelector, Selection, check_curriculum, ease, hardness
+from cssl.contrastive.negatives import ease
 from cssl.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
 from cssl.errors import check, check_positive
 from cssl.eval.knn import knn_predict
+from cssl.methods.selection import NegativeSelection
 from cssl.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
 
 
-class ContrastiveMethod(pl.LightningModule):
+class ContrastiveMethod(NegativeSelection, pl.LightningModule):
     """Base of all methods.
 
     Args:
@@ -86,7 +87,7 @@ class ContrastiveMethod(pl.LightningModule):
     ) -> None:
         super().__init__()
         check_estimator(estimator, temperature, tau_plus, beta)
-        self.negatives = NegativeSelector(
+        self.init_selection(
             fnc=fnc,
             fnc_top_k=fnc_top_k,
             fnc_threshold=fnc_threshold,
@@ -94,12 +95,9 @@ class ContrastiveMethod(pl.LightningModule):
             fnc_aggregation=fnc_aggregation,
             ring_outer=ring_outer,
             ring_inner=ring_inner,
+            curriculum=curriculum,
+            curriculum_end=curriculum_end,
         )
-        check_curriculum(curriculum, curriculum_end)
-        self.curriculum, self.curriculum_end = curriculum, curriculum_end
-        self._batch_labels: Tensor | None = None
-        self._support_views: list[Tensor] = []
-        self._selection_logs: dict[str, Tensor] = {}
         check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
         check(isinstance(knn_k, int) and knn_k >= 1, f"method.knn_k must be an integer >= 1, got {knn_k!r}")
         check_positive("method.knn_t", knn_t)
@@ -207,82 +205,6 @@ class ContrastiveMethod(pl.LightningModule):
             neg_mask=neg_mask,
             extra_pos=extra_pos,
         )
-
-    # -- negative selection (FNC, ring) and the hardness curriculum ------------------------------------
-    def curriculum_knobs(self) -> list[str]:
-        """The hardness knobs that are on, which ``curriculum`` drives (a subclass adds its own)."""
-        knobs = ["beta"] if self.estimator == "hcl" and self.beta > 0 else []
-        return knobs + (["ring_outer"] if self.negatives.ring_outer is not None else [])
-
-    def check_curriculum_knobs(self) -> None:
-        if self.curriculum == "none":
-            return
-        check(
-            not self.beta_anneal,
-            "method.curriculum raises HCL's beta while method.beta_anneal lowers it: turn one of them off",
-        )
-        check(
-            bool(self.curriculum_knobs()),
-            f"method.curriculum={self.curriculum} drives HCL's beta (estimator=hcl, beta > 0), the ring "
-            "(method.ring_outer) or MoChi's mixes, and none of them is on",
-        )
-
-    def training_progress(self) -> float:
-        """p = global_step / total optimiser steps, in [0, 1] (0 without a trainer)."""
-        if self._trainer is None:
-            return 0.0
-        total = self.trainer.estimated_stepping_batches
-        if not (isinstance(total, int | float) and 0 < total < float("inf")):
-            return 0.0
-        return min(1.0, max(0.0, self.global_step / total))
-
-    def current_hardness(self) -> float:
-        """h(p) of the curriculum at this step (1: every knob at its configured value)."""
-        return hardness(self.training_progress(), self.curriculum, self.curriculum_end)
-
-    def current_ring_outer(self) -> float | None:
-        """The ring's outer fraction at this step: from 1 down to ``ring_outer`` under the curriculum."""
-        outer = self.negatives.ring_outer
-        if outer is None or self.curriculum == "none":
-            return outer
-        return ease(RING_EASY_OUTER, outer, self.current_hardness())
-
-    def select_negatives(
-        self,
-        sim: Tensor,
-        neg_mask: Tensor | None,
-        *,
-        support: Tensor | None = None,
-        candidates: Tensor | None = None,
-        image_of_row: Tensor | None = None,
-        labels: Tensor | None = None,
-        candidate_labels: Tensor | None = None,
-    ) -> Selection:
-        """FNC and the ring on one (sim (A, M), mask) row set; their diagnostics are logged by the step."""
-        diagnose = self.diagnose()
-        selection = self.negatives.select(
-            sim.detach(),
-            neg_mask,
-            support=support,
-            candidates=candidates,
-            image_of_row=image_of_row,
-            ring_outer=self.current_ring_outer(),
-            labels=labels if diagnose else None,
-            candidate_labels=candidate_labels if diagnose else None,
-            diagnose=diagnose,
-        )
-        for name, value in selection.logs.items():
-            self._selection_logs.setdefault(name, value)  # the first row set of a step (as the neg/ set)
-        return selection
-
-    def support_embeddings(self, encode: Any) -> Tensor | None:
-        """(B, S, D) embeddings of this step's FNC support views by ``encode`` (one pass, no gradient), or None."""
-        views = self._support_views
-        if not views:
-            return None
-        with torch.no_grad():
-            out = encode(torch.cat(views))  # (S*B, D)
-        return out.reshape(len(views), views[0].shape[0], -1).transpose(0, 1)  # (B, S, D)
 
     def current_beta(self) -> float:
         """HCL's beta in this epoch or step: raised from 0 by the hardness curriculum, or lowered by

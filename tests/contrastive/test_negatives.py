@@ -85,7 +85,9 @@ def loop_detect(support, candidates, mask, image_of_row, k, theta, agg="max"):
     out = np.zeros(tuple(mask.shape), dtype=bool)
     for a, g in enumerate(image_of_row):
         real = [j for j in range(c.shape[0]) if mask[a, j]]
-        score = {j: (max if agg == "max" else np.mean)([float(u[g, v] @ c[j]) for v in range(u.shape[1])]) for j in real}
+        score = {
+            j: (max if agg == "max" else np.mean)([float(u[g, v] @ c[j]) for v in range(u.shape[1])]) for j in real
+        }
         ranked = sorted(real, key=lambda j: (-score[j], j))
         for j in ranked[: (len(ranked) if k is None else k)]:
             out[a, j] = theta is None or score[j] > theta
@@ -111,7 +113,9 @@ def loop_loss(pos, sim, mask, extra, estimator="infonce", tau_plus=0.0, beta=0.0
     for a in range(sim.shape[0]):
         p = float(pos[a])
         f = [float(sim[a, j]) for j in range(sim.shape[1]) if extra is not None and extra[a, j]]
-        negs = np.array([float(sim[a, j]) for j in range(sim.shape[1]) if mask[a, j] and not (extra is not None and extra[a, j])])
+        negs = np.array(
+            [float(sim[a, j]) for j in range(sim.shape[1]) if mask[a, j] and not (extra is not None and extra[a, j])]
+        )
         e = np.exp(negs / T)
         n = len(negs)
         if n == 0:
@@ -120,7 +124,9 @@ def loop_loss(pos, sim, mask, extra, estimator="infonce", tau_plus=0.0, beta=0.0
             ng = e.sum()
         else:
             imp = np.exp(beta * negs / T) if estimator == "hcl" else np.ones(n)
-            ng = max(((imp * e).sum() / imp.mean() - tau_plus * n * math.exp(p / T)) / (1 - tau_plus), n * math.exp(-1 / T))
+            ng = max(
+                ((imp * e).sum() / imp.mean() - tau_plus * n * math.exp(p / T)) / (1 - tau_plus), n * math.exp(-1 / T)
+            )
         z = math.exp(p / T) + sum(math.exp(s / T) for s in f) + ng
         losses.append(np.mean([-(s / T - math.log(z)) for s in [p, *f]]))
     return np.array(losses)
@@ -155,7 +161,9 @@ def test_fnc_on_the_in_batch_pool(name, options, views, detected, frac, elim, at
     else:
         assert columns(found) == detected
     k, theta = options["top_k"], options["threshold"]
-    assert torch.equal(found, loop_detect(support[:, :views], z, mask, image.tolist(), k, theta, options.get("aggregation", "max")))
+    assert torch.equal(
+        found, loop_detect(support[:, :views], z, mask, image.tolist(), k, theta, options.get("aggregation", "max"))
+    )
     assert fnc_diagnostics(found, mask)["neg/fnc_cancelled"].item() == pytest.approx(frac, abs=1e-6)
     eliminated = info_nce_per_anchor(pos, sim, T, neg_mask=mask & ~found)
     attracted = info_nce_per_anchor(pos, sim, T, neg_mask=mask & ~found, extra_pos=found)
@@ -224,6 +232,9 @@ def test_top_ranked_breaks_ties_to_the_lower_index_and_clips_k():
     for a in range(20):
         real = sorted((j for j in range(15) if mask[a, j]), key=lambda j: (-float(scores[a, j]), j))
         assert columns(got[a : a + 1])[0] == sorted(real[: int(k[a])])
+    # the complement path (the n - k lowest, dropped) selects the same columns
+    rest = (mask.sum(1) - torch.minimum(k, mask.sum(1))).max().item()
+    assert torch.equal(top_ranked(scores, mask, k, max_rest=rest), got)
 
 
 # -- ring: the vectors of NEGATIVES.md 2.5 -----------------------------------------------------------------
@@ -295,8 +306,12 @@ def test_curriculum_drives_hcl_beta(p, beta, loss):
     pos, sim, mask, _, _ = simclr_frame()
     b = ease(0.0, 1.0, hardness(p))
     assert b == beta
-    assert info_nce(pos, sim, T, estimator="hcl", tau_plus=0.1, beta=b, neg_mask=mask).item() == pytest.approx(loss, abs=1e-6)
-    assert info_nce(pos, sim, T, estimator="hcl", tau_plus=0.0, beta=0.0, neg_mask=mask).item() == pytest.approx(1.084985, abs=1e-6)
+    assert info_nce(pos, sim, T, estimator="hcl", tau_plus=0.1, beta=b, neg_mask=mask).item() == pytest.approx(
+        loss, abs=1e-6
+    )
+    assert info_nce(pos, sim, T, estimator="hcl", tau_plus=0.0, beta=0.0, neg_mask=mask).item() == pytest.approx(
+        1.084985, abs=1e-6
+    )
 
 
 # -- empty rows: 0 loss and finite gradients with every estimator ---------------------------------------

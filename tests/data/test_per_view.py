@@ -53,7 +53,7 @@ def test_explicit_jitter_factors_set_the_saturation_range():
     view = ViewAugment(8, hflip=False, jitter_p=1.0, grayscale_p=0.0, jitter_factors=(0.0, 0.0, 0.2, 0.0))
     colour = torch.tensor([0.5, 0.4, 0.3]).view(1, 3, 1, 1)
     x = colour.expand(400, 3, 8, 8).contiguous()
-    out = view.ops(x)  # before normalisation
+    out = view.jitter.apply(x, view.jitter.sample(x.shape[0]))  # the jitter alone, before normalisation
     gray = (torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1) * colour).sum(1, keepdim=True)
     factor = ((out - gray) / (colour - gray))[:, :, 0, 0]  # (400, 3)
     assert (factor - factor[:, :1]).abs().max() < 1e-3  # one factor per image, the same in every channel

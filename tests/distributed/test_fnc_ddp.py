@@ -67,7 +67,11 @@ def _rank_worker(rank: int, world_size: int, problem: dict) -> dict:
         z = ddp(torch.cat([problem["x1"][rows], problem["x2"][rows]]))  # one forward per step
         loss = model.selected_loss(z[:B], z[B:])
         loss.backward()  # DDP averages the gradients over the ranks
-        out[name] = {"loss": loss.detach(), "grad_weight": encoder.weight.grad.clone(), "grad_bias": encoder.bias.grad.clone()}
+        out[name] = {
+            "loss": loss.detach(),
+            "grad_weight": encoder.weight.grad.clone(),
+            "grad_bias": encoder.bias.grad.clone(),
+        }
     return out
 
 

@@ -24,7 +24,7 @@ from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 from cssl.optim import OptimSettings
 from cssl.pretrain import build_views
-from tests.conftest import QUICK, REPO, compose, run_cli
+from tests.conftest import QUICK, REPO, compose, run_cli, run_inprocess
 from tests.contrastive.test_negatives import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit
 from tests.methods.adco_helpers import B, tiny_adco
 
@@ -250,9 +250,10 @@ def test_adco_eliminates_from_the_loss_and_from_the_bank_ascent():
 def test_attraction_with_the_bank_is_a_one_line_config_error(tmp_path):
     with pytest.raises(ConfigError, match="method.fnc=attract"):
         tiny_adco(fnc="attract")
-    proc = run_cli("train.py", "method=adco", "method.fnc=attract", "logger=none", f"run_dir={tmp_path}")
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count("\n") == 0 and "method.fnc=eliminate" in proc.stderr
+    code, err = run_inprocess("train", ["method=adco", "method.fnc=attract", "logger=none", f"run_dir={tmp_path}"])
+    assert code == 2  # the entry point's guard: exit status 2, one line, before any work
+    assert err.strip().count("\n") == 0 and "method.fnc=eliminate" in err
+    assert not (tmp_path / "checkpoints").exists()
 
 
 # -- config, data pipeline, CLI, report --------------------------------------------------------------------
