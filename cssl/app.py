@@ -41,7 +41,9 @@ def build_data(
     cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None
 ) -> ImageDataModule:
     """The data module of ``cfg.data`` (augmentation options excluded: the caller builds the transforms)."""
-    options = {k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "multicrop")}
+    options = {
+        k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "augment_per_view", "multicrop")
+    }
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
     return build_datamodule(

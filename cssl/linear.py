@@ -15,7 +15,8 @@ from cssl import app
 from cssl.backbones import build_backbone
 from cssl.checkpoint import find_checkpoint, read_checkpoint
 from cssl.data import ViewAugment
-from cssl.data.datamodules import ImageDataModule
+from cssl.data.datamodules import ImageDataModule, ImageFolderDataModule
+from cssl.data.views import ViewSpec
 from cssl.errors import ConfigError, check
 from cssl.eval.knn import knn_predict
 from cssl.eval.linear import LinearProbe, check_probe_options, last_and_best
@@ -40,12 +41,15 @@ def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
 TRAIN_AUGMENT = ("linear", "pretrain")
 
 
-def train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path) -> ViewAugment:
+def train_views(
+    cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path, crop: bool = True
+) -> ViewAugment:
     """The training images of the classifier: ``augment.*`` at ``data.image_size`` (``train_augment=linear``),
     or the checkpoint's own pretraining augmentation at its pretraining size (``pretrain``: DCL/HCL
-    linear.py train on utils.train_transform, the pretraining pipeline)."""
+    linear.py train on utils.train_transform, the pretraining pipeline). ``crop=False``: its photometric part
+    only, for crops already cut from the original images (see :func:`set_train_views`)."""
     if cfg.train_augment == "linear":
-        return ViewAugment(data.image_size, mean=data.mean, std=data.std, **app.plain(cfg.augment))
+        return ViewAugment(data.image_size, mean=data.mean, std=data.std, crop=crop, **app.plain(cfg.augment))
     config = meta.get("config")
     augment = config.get("data", {}).get("augment") if isinstance(config, dict) else None
     check(
@@ -59,7 +63,19 @@ def train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], pa
             f"train_augment=pretrain: data.{key}={list(getattr(data, key))} differs from the pretraining "
             f"data.{key}={saved} of {path}; pass data.{key}={saved}",
         )
-    return ViewAugment(int(meta["image_size"]), mean=data.mean, std=data.std, **augment)
+    return ViewAugment(int(meta["image_size"]), mean=data.mean, std=data.std, crop=crop, **augment)
+
+
+def set_train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path) -> None:
+    """Give ``data`` the classifier's training images (:func:`train_views`): cropped on the device for
+    in-memory data; for an image folder, the random resized crop is cut from the original image on the loader
+    workers (as pretraining's views, and as MoCo's main_lincls.py RandomResizedCrop on the decoded file) and
+    the rest runs on the device. Test images stay resize ``load_size`` + centre crop."""
+    data.train_transform = train_views(cfg, data, meta, path)
+    if isinstance(data, ImageFolderDataModule):
+        view, crop = data.train_transform, data.train_transform.crop
+        spec = ViewSpec(view.image_size, crop.scale, crop.ratio)
+        data.cut_views([spec], train_views(cfg, data, meta, path, crop=False))
 
 
 def linear_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -82,7 +98,7 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
     data = app.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
     data.eval_transform = app.eval_transform(data)
-    data.train_transform = train_views(cfg, data, meta, ckpt_path)
+    set_train_views(cfg, data, meta, ckpt_path)
     if cfg.mode == "knn":
         results: dict[str, Any] = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
         epochs = 0

@@ -144,7 +144,7 @@ def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
     meta = {"image_size": 24, "config": {"data": {"augment": augment}}}
     views = train_views(cfg, data, meta, "ckpt")
     assert views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 3, 24, 24)
-    assert any(type(op).__name__ == "RandomGaussianBlur" for op in views.ops)
+    assert views.blur is not None and views.blur.p == 0.5
     with pytest.raises(ConfigError, match="train_augment=pretrain"):
         train_views(cfg, data, {"image_size": 24}, "ckpt")
     # the normalisation belongs to the pipeline: a checkpoint pretrained with other constants is refused
@@ -152,4 +152,106 @@ def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
     with pytest.raises(ConfigError, match=r"data.std=\[0.2023, 0.1994, 0.201\]"):
         train_views(cfg, data, meta, "ckpt")
     meta["config"]["data"]["std"] = list(data.std)
-    assert train_views(cfg, data, meta, "ckpt").normalize is not None
+    assert train_views(cfg, data, meta, "ckpt").std == tuple(float(v) for v in data.std)
+
+
+# -- image folders: the classifier's training crops cut from the original image on the loader workers -------
+RED, BLUE, GREY = (230, 20, 20), (20, 20, 230), (128, 128, 128)
+
+
+def wide_folder(root):
+    """train/ and val/ with classes a, b: 64x32 PNGs whose left quarter is red and right quarter blue, which
+    a resize + centre-square decode never shows."""
+    import numpy as np
+    from PIL import Image
+
+    image = np.full((32, 64, 3), GREY, dtype=np.uint8)
+    image[:, :16], image[:, 48:] = RED, BLUE
+    for split in ("train", "val"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(image).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_imagefolder_classifier_crops_are_cut_from_the_original_on_the_workers(tmp_path):
+    from types import SimpleNamespace
+
+    import torch
+
+    from cssl import app
+    from cssl.data import ViewAugment
+    from cssl.data.folder import FolderViews
+    from cssl.data.views import ViewSpec
+    from cssl.linear import set_train_views
+
+    root = wide_folder(tmp_path)
+    cfg = _composed("moco", "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=4")
+    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data.check()
+    data.eval_transform = app.eval_transform(data)
+    set_train_views(cfg, data, {}, "ckpt")
+    train = data.train_dataloader().dataset
+    assert isinstance(train, FolderViews) and train.views == [ViewSpec(16, (0.08, 1.0))]
+    assert isinstance(data.view_augment, ViewAugment) and data.view_augment.crop is None  # photometry only
+
+    torch.manual_seed(0)
+    reds = blues = 0
+    for _ in range(25):
+        for i in range(len(train)):
+            (view,), label, skipped = train[i]
+            assert view.shape == (3, 16, 16) and view.dtype == torch.uint8 and skipped == 0
+            pixels = view.flatten(1).T.int()  # (256, 3)
+            reds += bool(((pixels - torch.tensor(RED)).abs().amax(1) < 10).any())
+            blues += bool(((pixels - torch.tensor(BLUE)).abs().amax(1) < 10).any())
+    assert reds > 40 and blues > 40, (reds, blues)  # of 200 crops: the outer quarters are reached
+
+    # on the device: one normalised tensor per batch (what LinearProbe.training_step takes)
+    data.trainer = SimpleNamespace(training=True)
+    batch = next(iter(data.train_dataloader()))
+    x, y = data.on_after_batch_transfer(batch, 0)
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and y.shape == (4,)
+    # test images stay resize load_size + centre crop image_size, never the outer quarters
+    data.trainer = SimpleNamespace(training=False)
+    images, labels = next(iter(data.val_dataloader()[-1]))
+    assert images.shape[-2:] == (data.load_size, data.load_size)
+    x, _ = data.on_after_batch_transfer((images, labels), 0)
+    assert x.shape[-2:] == (16, 16)
+    raw = images.flatten(2).transpose(1, 2).int()  # (B, S*S, 3)
+    assert not ((raw - torch.tensor(RED)).abs().amax(2) < 10).any()
+
+
+def test_linear_eval_on_an_image_folder_runs_end_to_end_on_worker_crops(checkpoint, tmp_path, monkeypatch):
+    from cssl.data import datamodules
+    from cssl.data.folder import FolderViews
+
+    made = []
+
+    class Recorded(FolderViews):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            made.append(self)
+
+    monkeypatch.setattr(datamodules, "FolderViews", Recorded)
+    root = wide_folder(tmp_path / "folder")
+    args = [
+        f"ckpt={checkpoint}",
+        "protocol=moco",
+        "data=imagefolder",
+        f"data.root={root}",
+        "data.image_size=32",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "logger=none",
+        "trainer.progress_bar=false",
+        "trainer.max_epochs=1",
+        f"run_dir={tmp_path / 'run'}",
+    ]
+    code, err = run_inprocess("linear_eval", args)
+    assert code == 0, err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["protocol"] == "moco" and summary["epochs"] == 1 and summary["data"] == "imagefolder"
+    assert 0 <= summary["top1_last"] <= summary["top5_last"] <= 1
+    (views,) = made
+    assert [(v.size, v.scale) for v in views.views] == [(32, (0.08, 1.0))]

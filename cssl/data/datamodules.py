@@ -458,11 +458,11 @@ class STL10DataModule(TorchvisionDataModule):
 class ImageFolderDataModule(ImageDataModule):
     """Any class-per-folder tree (ImageNet, ImageNet-100, ...) with separate train and val roots.
 
-    Pretraining (after :meth:`cut_views`): every view's random resized crop is taken from the original
-    image on the loader workers (``decode="cpu"``) or on the device (``decode="gpu"``), antialiased, and
-    only the photometric augmentation runs on the device (:mod:`cssl.data.views`). Evaluation, the kNN bank
-    and linear-probe training: images resized (shorter side) and centre-cropped to ``load_size`` so that
-    they collate (then centre-cropped to ``image_size``, or randomly cropped on the device).
+    Pretraining and linear-probe training (after :meth:`cut_views`): every view's random resized crop is
+    taken from the original image on the loader workers (``decode="cpu"``) or on the device
+    (``decode="gpu"``), antialiased, and only the photometric augmentation runs on the device
+    (:mod:`cssl.data.views`). Evaluation and the kNN bank: images resized (shorter side) and centre-cropped
+    to ``load_size`` so that they collate (then centre-cropped to ``image_size`` on the device).
 
     Args:
         train_dir, val_dir: folders under ``root`` (or absolute paths).
@@ -538,11 +538,12 @@ class ImageFolderDataModule(ImageDataModule):
         """Pretrain on views cut from the original images: ``views`` (side and crop scale of each, in the
         order of ``augment``'s views) are cut on the loader workers (or on the device with ``decode="gpu"``)
         and ``augment`` (a :class:`MultiView` of ``ViewAugment(crop=False)``) adds the photometric part on
-        the device. ``train_transform`` then serves only the validation view pairs."""
-        check(
-            len(views) == len(augment.views),
-            f"cut_views: {len(views)} views but {len(augment.views)} augmentations",
-        )
+        the device. ``train_transform`` then serves only the validation view pairs.
+
+        ``augment`` may also be one ``ViewAugment(crop=False)`` for a single view: batches are then one tensor
+        (B, 3, S, S), as linear-probe training (``train_split="labelled"``) takes them."""
+        count = len(augment.views) if hasattr(augment, "views") else 1
+        check(len(views) == count, f"cut_views: {len(views)} views but {count} augmentations")
         self.views, self.view_augment = list(views), augment
         if self.sets:
             self.sets["pretrain"] = self._views_set(self.sets["labelled"])
@@ -551,6 +552,15 @@ class ImageFolderDataModule(ImageDataModule):
         if self.views is None or self.train_split != "pretrain":
             return train
         return FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.views is None or self.train_split == "pretrain":
+            return super().train_dataloader()
+        # e.g. linear-probe training on the labelled split: its crops also cut from the original images
+        self._check_batch_size()
+        train = self.sets[self.train_split]
+        views = FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
+        return self._loader(views, train=True)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = getattr(self, "trainer", None)
@@ -566,6 +576,9 @@ class ImageFolderDataModule(ImageDataModule):
         else:
             views = payload
         self.skipped_images = skipped.sum()
+        if not hasattr(self.view_augment, "views"):  # a single view: one tensor (B, 3, S, S)
+            (view,) = views
+            return self.view_augment(view), y
         return [augment(v) for augment, v in zip(self.view_augment.views, views, strict=True)], y
 
 
