@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torchmetrics import Metric
 
 from cssl import distributed
 from cssl.errors import ConfigError
@@ -82,6 +84,35 @@ def find_checkpoint(path: Path) -> Path:
     return path
 
 
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run dir, newest first (``last.ckpt`` first on a tie): ``checkpoints/*.ckpt``
+    and the ``hpc_ckpt_<n>.ckpt`` that a SLURM requeue leaves in the run dir (Lightning's name and place)."""
+    run_dir = Path(run_dir)
+    files = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+
+
+def newest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run_dir`` that can be read, and its contents; None if there is none yet.
+
+    A newer file that cannot be read (zero bytes, truncated by a node that died while writing it on a
+    shared file system) is named through ``warn`` and passed over.
+
+    Raises:
+        ConfigError: there are checkpoints, but none of them can be read.
+    """
+    candidates = resume_candidates(run_dir)
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except ConfigError as err:
+            warn(f"resume=auto: passing over {path}, the newest checkpoint left: {err}")
+    if candidates:
+        names = ", ".join(p.name for p in candidates)
+        raise ConfigError(f"resume=auto: no checkpoint of {run_dir} can be read ({names}); pass resume=<a .ckpt file>")
+    return None
+
+
 class RNGState(pl.Callback):
     """Saves and restores the random generators (Python, NumPy, torch CPU and accelerator) of every rank,
     so that a resumed run draws the same augmentations and shuffles as an uninterrupted one."""
@@ -109,6 +140,57 @@ class RNGState(pl.Callback):
         states = state_dict.get("per_rank", [])
         if states:
             _set_rng_state(states[min(distributed.rank(), len(states) - 1)])
+
+
+class FinishStep(pl.Callback):
+    """Completes the method's work of a step (MoCo's enqueue of the keys, AdCo's bank ascent and EMA step:
+    ``after_optimizer_step``) before any checkpoint of that step is written. Lightning calls the callbacks'
+    ``on_train_batch_end`` before the module's, so a step checkpoint would otherwise hold a step half done.
+    Put it first among the callbacks; ``after_optimizer_step`` runs once, the module's own call finds nothing
+    left to do."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        after = getattr(pl_module, "after_optimizer_step", None)
+        if after is not None:
+            after()
+
+
+class MetricStates(pl.Callback):
+    """Saves and restores the accumulators of the module's torchmetrics (the online probe's epoch accuracy)
+    on every rank, so that an epoch resumed mid-way reports the accuracy of all its batches. torchmetrics
+    keeps them out of the module's state_dict, and rank 0's would be the wrong ones for the other ranks."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = {name: _metric_state(m) for name, m in pl_module.named_modules() if isinstance(m, Metric)}
+        states: list[Any] = [state]
+        if distributed.world_size() > 1:
+            states = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(states, state)
+        checkpoint["metric_states"] = {"per_rank": states}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("metric_states", {}).get("per_rank", [])
+        if not states:
+            return
+        state = states[min(distributed.rank(), len(states) - 1)]
+        for name, metric in pl_module.named_modules():
+            if isinstance(metric, Metric) and name in state:
+                saved = state[name]
+                for key, value in saved["states"].items():
+                    if isinstance(value, list):
+                        value = [v.to(metric.device) for v in value]
+                    else:
+                        value = value.to(metric.device)
+                    setattr(metric, key, value)
+                metric._update_count = int(saved["updates"])
+                metric._computed = None
+
+
+def _metric_state(metric: Metric) -> dict[str, Any]:
+    def host(v: Any) -> Any:
+        return [t.detach().cpu() for t in v] if isinstance(v, list) else v.detach().cpu()
+
+    return {"states": {k: host(v) for k, v in metric.metric_state.items()}, "updates": int(metric._update_count)}
 
 
 def _rng_state() -> dict[str, Any]:

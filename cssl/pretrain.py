@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from cssl import app, loggers
+from cssl import app, cluster, loggers
 from cssl.backbones import build_backbone
-from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
+from cssl.checkpoint import FinishStep, MetricStates, RNGState, find_checkpoint, newest_readable, read_checkpoint
 from cssl.data import MultiView, ViewAugment
 from cssl.data.augment import EvalTransform
 from cssl.errors import ConfigError, check
@@ -136,21 +138,65 @@ def apply_speed_options(cfg: DictConfig, model: ContrastiveMethod) -> None:
         model.compile_backbone()
 
 
+def periodic_checkpoints(options: DictConfig, run_dir: Path) -> list[pl.callbacks.ModelCheckpoint]:
+    """Mid-epoch checkpoints every ``every_n_steps`` steps or ``every_n_minutes`` minutes (0: off), as
+    ``checkpoints/stepNNNNNNNN.ckpt`` (the ``keep_last`` newest are kept; -1: all) and ``last.ckpt``."""
+    steps, minutes, keep = (
+        options.get("every_n_steps", 0),
+        options.get("every_n_minutes", 0),
+        options.get("keep_last", 2),
+    )
+    app.check_int("checkpoint.every_n_steps", steps, 0)
+    check(
+        isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes >= 0,
+        f"checkpoint.every_n_minutes must be a number >= 0, got {minutes!r}",
+    )
+    check(
+        isinstance(keep, int) and not isinstance(keep, bool) and (keep >= 1 or keep == -1),
+        f"checkpoint.keep_last must be an integer >= 1 or -1 (all), got {keep!r}",
+    )
+    check(
+        not (steps and minutes),
+        f"set checkpoint.every_n_steps ({steps}) or checkpoint.every_n_minutes ({minutes}), not both",
+    )
+    if not steps and not minutes:
+        return []
+    trigger = {"every_n_train_steps": steps} if steps else {"train_time_interval": timedelta(minutes=minutes)}
+    return [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=str(run_dir / "checkpoints"),
+            filename="step{step:08d}",
+            auto_insert_metric_name=False,
+            monitor="step",  # the newest keep_last files by step
+            mode="max",
+            save_top_k=keep,
+            save_last=True,
+            enable_version_counter=False,
+            **trigger,
+        )
+    ]
+
+
 def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
     """The checkpoint to resume from: None, a path, or ``auto`` (newest checkpoint of ``run_dir``)."""
     if resume in (None, "", "null"):
         return None
     if resume == "auto":
-        folder = run_dir / "checkpoints"
-        if not folder.is_dir() or not any(folder.glob("*.ckpt")):
+        found = newest_readable(run_dir, warn=_warn)
+        if found is None:
             return None  # nothing to resume yet: start fresh (so resume=auto is safe in job scripts)
-        path = find_checkpoint(run_dir)
+        path, ckpt = found
     else:
         path = find_checkpoint(Path(str(resume)))
-    ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path)
     saved = ckpt["cssl"].get("method")
     check(saved == method, f"resume: {path} is a {saved} checkpoint, but method={method}; pass method={saved}")
     return str(path)
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]]:
@@ -169,6 +215,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
     start = time.time()
     app.check_int("seed", cfg.seed, 0)
+    trainer_cfg = cfg.trainer
+    cluster.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
     run_dir = app.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -200,10 +248,25 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.val_views = model.diagnostics_every_n_steps > 0
     app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
     maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
-    callbacks = [checkpoints, RNGState(), throughput, maps]
+    callbacks = [
+        FinishStep(),  # first: a step is complete before any callback checkpoints it
+        checkpoints,
+        *periodic_checkpoints(cfg.checkpoint, run_dir),
+        RNGState(),
+        MetricStates(),
+        throughput,
+        maps,
+    ]
+    signum = cluster.requeue_signal(cfg.checkpoint.get("requeue_signal"))
+    if signum is not None and cluster.on_slurm():
+        callbacks.append(cluster.SlurmRequeue(run_dir, signum))
     trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
-    trainer.fit(model, datamodule=data, ckpt_path=resume)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume)
+    except cluster.Requeued as stop:  # SLURM's time-limit signal: the requeued job continues with resume=auto
+        rank_zero_info(str(stop))
+        return {"requeued": True, "global_step": int(trainer.global_step), "run_dir": str(run_dir)}
     train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
     final_metrics = loggers.scalar_metrics(trainer.callback_metrics)  # train/... and neg/... of the last step
     if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights
