@@ -29,7 +29,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 def start(cmd: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:
     """Start ``cmd`` in its own process group (so that its children can be killed with it), output to ``log``."""
     with open(log, "wb") as out:
-        return subprocess.Popen(list(cmd), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(
+            list(cmd), cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
 
 def train_cmd(*args: str) -> list[str]:
@@ -83,7 +85,10 @@ def max_difference(a: dict, b: dict) -> float:
             sa, sb = oa["state"][key], ob["state"][key]
             pairs += [(torch.as_tensor(sa[k]), torch.as_tensor(sb[k])) for k in sa]
     for sa, sb in zip(a["lr_schedulers"], b["lr_schedulers"], strict=True):
-        pairs += [(torch.as_tensor(float(x)), torch.as_tensor(float(y))) for x, y in zip(sa["_last_lr"], sb["_last_lr"])]
+        pairs += [
+            (torch.as_tensor(float(x)), torch.as_tensor(float(y)))
+            for x, y in zip(sa["_last_lr"], sb["_last_lr"], strict=True)
+        ]
     for x, y in pairs:
         if x.shape != y.shape:
             return float("inf")
