@@ -1,10 +1,4 @@
-"""Running on a cluster: launch checks, and SLURM's signal before the time limit turned into an exact requeue.
-
-Three launchers start the processes of a multi-process run: Lightning itself (``trainer.devices`` > 1 on one
-node), torchrun (``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ...) and SLURM's srun (``SLURM_NTASKS``,
-``SLURM_PROCID``, ...). A launch whose process count disagrees with ``trainer.devices x trainer.num_nodes``,
-or that lacks the rendezvous address, would wait forever for processes that never come:
-:func:`check_launch` turns it into a one-line error first.
+"""SLURM's signal before the time limit turned into an exact requeue (launch checks: :mod:`cssl.launch`).
 
 On SLURM, ``#SBATCH --signal=SIGUSR1@120`` asks for SIGUSR1 two minutes before the time limit.
 :class:`SlurmRequeue` then writes ``hpc_ckpt_<n>.ckpt`` in the run dir (Lightning's name and place for it),
@@ -21,94 +15,16 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import pytorch_lightning as pl
-import torch
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
 from cssl.errors import ConfigError, check
-
-
-def on_slurm(env: Mapping[str, str] | None = None) -> bool:
-    """Whether srun started this process (Lightning's test: SLURM_NTASKS set, not an interactive job)."""
-    env = os.environ if env is None else env
-    return "SLURM_NTASKS" in env and env.get("SLURM_JOB_NAME") not in ("bash", "interactive")
-
-
-def device_count(devices: Any, accelerator: str = "auto") -> int | None:
-    """Processes per node that ``trainer.devices`` asks for (None where Lightning decides later)."""
-    if isinstance(devices, bool):
-        return None
-    if isinstance(devices, int):
-        if devices == -1:
-            return torch.cuda.device_count() if accelerator != "cpu" else None
-        return devices
-    if isinstance(devices, list | tuple):
-        return len(devices)
-    if isinstance(devices, str):
-        if devices.strip().lstrip("-").isdigit():
-            return device_count(int(devices), accelerator)
-        if "," in devices:
-            return len([d for d in devices.split(",") if d.strip()])
-        if devices == "auto":
-            gpus = torch.cuda.device_count() if accelerator in ("auto", "gpu", "cuda") else 0
-            return gpus or 1
-    return None
-
-
-def check_launch(devices: Any, num_nodes: Any, accelerator: str = "auto", env: Mapping[str, str] | None = None) -> None:
-    """Refuse, in one line, a launch that would hang: a process count that is not devices x nodes, or a
-    torchrun-like launch without the rendezvous address.
-
-    Raises:
-        ConfigError: the launcher's variables disagree with the trainer options or are incomplete.
-    """
-    env = os.environ if env is None else env
-    per_node = device_count(devices, accelerator)
-    nodes = int(num_nodes) if isinstance(num_nodes, int) and not isinstance(num_nodes, bool) else None
-    expected = per_node * nodes if per_node is not None and nodes is not None else None
-    asked = f"trainer.devices x trainer.num_nodes = {per_node} x {nodes} = {expected}"
-    if on_slurm(env):
-        ntasks = int(env["SLURM_NTASKS"])
-        check(
-            ntasks == 1 or "SLURM_NTASKS_PER_NODE" in env,
-            f"launch: SLURM started {ntasks} tasks without SLURM_NTASKS_PER_NODE; "
-            "ask for them with #SBATCH --ntasks-per-node=<GPUs per node> (not --ntasks)",
-        )
-        check(
-            expected is None or ntasks == expected,
-            f"launch: SLURM started {ntasks} tasks (SLURM_NTASKS) but {asked}; "
-            f"set trainer.devices to the tasks per node ({env.get('SLURM_NTASKS_PER_NODE', '?')}) and "
-            f"trainer.num_nodes to the nodes ({env.get('SLURM_NNODES', '?')})",
-        )
-        check(
-            int(env.get("SLURM_NNODES", "1")) == 1 or bool(env.get("MASTER_ADDR") or env.get("SLURM_NODELIST")),
-            "launch: a multi-node SLURM job without SLURM_NODELIST or MASTER_ADDR has no address to meet at; "
-            "start the ranks with srun inside the job",
-        )
-        return
-    launched = [k for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE") if k in env]
-    if not launched:
-        return  # Lightning starts the processes itself (or a single process)
-    world = env.get("WORLD_SIZE", "")
-    check(world.isdigit(), f"launch: {', '.join(launched)} set but WORLD_SIZE={world!r}; start the ranks with torchrun")
-    missing = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
-    check(
-        int(world) == 1 or not missing,
-        f"launch: {', '.join(launched)} set (WORLD_SIZE={world}) but not {' and '.join(missing)}: the ranks "
-        "would never meet; start them with torchrun (it sets both) or export them on every node",
-    )
-    check(
-        expected is None or int(world) == expected,
-        f"launch: the launcher started WORLD_SIZE={world} processes but {asked}; "
-        "set trainer.devices to the processes per node (torchrun --nproc_per_node) and "
-        "trainer.num_nodes to the nodes (torchrun --nnodes)",
-    )
+from cssl.launch import on_slurm
 
 
 def environment_plugins() -> list[Any]:

@@ -12,7 +12,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from cssl import app, cluster, loggers
+from cssl import app, cluster, launch, loggers
 from cssl.backbones import build_backbone
 from cssl.checkpoint import FinishStep, MetricStates, RNGState, find_checkpoint, newest_readable, read_checkpoint
 from cssl.data import MultiView, ViewAugment
@@ -216,7 +216,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     start = time.time()
     app.check_int("seed", cfg.seed, 0)
     trainer_cfg = cfg.trainer
-    cluster.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
+    launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
     run_dir = app.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
