@@ -167,3 +167,21 @@ def test_metric_states_round_trip_per_rank() -> None:
     module.acc.update(torch.tensor([[0.9, 0.1, 0.0]]), torch.tensor([1]))
     MetricStates().on_load_checkpoint(None, module, checkpoint)  # type: ignore[arg-type]
     assert expected == 0.5 and module.acc.compute().item() == expected
+
+
+def test_the_sbatch_script_asks_for_the_signal_that_the_run_handles() -> None:
+    import re
+
+    from tests.conftest import REPO, compose
+
+    text = (REPO / "scripts" / "slurm" / "pretrain.sbatch").read_text()
+    asked = re.search(r"^#SBATCH --signal=(?:B:)?(\w+)@(\d+)", text, re.M)
+    assert asked is not None and int(asked.group(2)) >= 60  # time enough to finish a step and save
+    assert re.search(r"^#SBATCH --requeue", text, re.M)
+    command = text[text.index("srun --") : text.index('"$@"')]
+    overrides = [line.strip().rstrip("\\").strip() for line in command.splitlines()[1:]]
+    # values the shell fills in (job variables) become 2
+    overrides = [o.split("=")[0] + "=2" if "$" in o else o for o in overrides if o]
+    cfg = compose("train", overrides)
+    assert cfg.resume == "auto" and cfg.checkpoint.every_n_minutes > 0
+    assert cluster.requeue_signal(cfg.checkpoint.requeue_signal) == signal.Signals[asked.group(1)]

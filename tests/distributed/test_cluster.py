@@ -1,11 +1,11 @@
 """What a cluster does to a job, on two gloo processes on this machine, each against one uninterrupted run
 of one node x two processes (Lightning's own launch) at the same global batch:
 
-- a SIGKILL of every process after a mid-epoch checkpoint, then the same command again (resume=auto);
 - torchrun with two agents on 127.0.0.1 (two "nodes" of one process, c10d rendezvous on a free port);
-- a simulated SLURM job: two processes with the variables srun sets (SLURM_NTASKS, SLURM_PROCID, ...), a
-  stand-in ``scontrol`` on PATH, SIGUSR1 (the time-limit signal of ``--signal=SIGUSR1@120``) sent to one
-  of them mid-epoch, then the requeued job started again the same way.
+- a simulated SLURM job: two processes with the variables srun sets (SLURM_NTASKS, SLURM_PROCID, ...),
+  killed with SIGKILL after a mid-epoch checkpoint and started again with the same command (resume=auto),
+  then sent SIGUSR1 (the time-limit signal of ``--signal=SIGUSR1@120``) with a stand-in ``scontrol`` on
+  PATH, and the requeued job started again.
 
 Every scenario ends with the reference's weights, optimiser state and loss (1e-5; in practice bit-equal).
 SimCLR, so that positives sit at global-rank columns of the gathered pool: ranks numbered by node-local
@@ -105,19 +105,6 @@ def reference(root: Path) -> tuple[dict, dict]:
     return final_state(run_dir)
 
 
-def test_ddp_sigkill_mid_epoch_then_the_same_command(root: Path, reference: tuple[dict, dict]) -> None:
-    run_dir = root / "killed"
-    cmd = train_cmd(*COMMAND, *ONE_NODE, f"run_dir={run_dir}")
-    first = start(cmd, clean_env(), root / "killed-1.log")
-    wait_for(first, lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
-    kill_group(first)  # both ranks (Lightning's second process is in the same process group)
-    killed_at = load(resume_candidates(run_dir)[0])["global_step"]
-    assert killed_at % STEPS_PER_EPOCH != 0  # inside an epoch
-    log = finish(start(cmd, clean_env(), root / "killed-2.log"), root / "killed-2.log")
-    assert "Restoring states from the checkpoint path" in log
-    assert_same_training(reference, final_state(run_dir))
-
-
 def test_torchrun_two_agents_as_two_nodes(root: Path, reference: tuple[dict, dict]) -> None:
     run_dir = root / "torchrun"
     port = free_port()
@@ -145,36 +132,49 @@ def test_torchrun_two_agents_as_two_nodes(root: Path, reference: tuple[dict, dic
     assert_same_training(reference, final_state(run_dir))
 
 
-def test_slurm_launch_with_sigusr1_requeue_cycle(root: Path, reference: tuple[dict, dict]) -> None:
+def test_slurm_job_survives_a_node_failure_and_a_time_limit_requeue(root: Path, reference: tuple[dict, dict]) -> None:
+    """Two simulated srun tasks: SIGKILL of both after a mid-epoch checkpoint (a node that dies), the job
+    started again, SIGUSR1 to one task in the next epoch (the time-limit signal), the requeued job started
+    again: the end equals the uninterrupted one-node run."""
     run_dir = root / "slurm"
     bin_dir = root / "bin"
     bin_dir.mkdir()
     calls = root / "scontrol-calls.txt"
-    scontrol = bin_dir / "scontrol"  # records the call, as the real one would requeue the job
+    scontrol = bin_dir / "scontrol"  # records the call, where the real one would requeue the job
     scontrol.write_text(f'#!/bin/sh\necho "$@" >> "{calls}"\n')
     scontrol.chmod(scontrol.stat().st_mode | stat.S_IXUSR)
     cmd = train_cmd(*COMMAND, *TWO_NODES, f"run_dir={run_dir}")
 
-    port = free_port()
-    tasks = [start(cmd, slurm_env(r, port, bin_dir), root / f"slurm-1-{r}.log") for r in range(2)]
+    def job(part: int, **extra: str) -> list[subprocess.Popen]:
+        port = free_port()
+        return [start(cmd, slurm_env(r, port, bin_dir, **extra), root / f"slurm-{part}-{r}.log") for r in range(2)]
+
+    # 1. a node dies after the checkpoint of step 2
+    tasks = job(1)
     wait_for(tasks[0], lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
+    for task in tasks:
+        kill_group(task)
+    killed_at = load(resume_candidates(run_dir)[0])["global_step"]
+    assert killed_at % STEPS_PER_EPOCH != 0  # inside an epoch
+
+    # 2. the job runs again until SLURM signals its time limit, in the second epoch
+    tasks = job(2, SLURM_RESTART_COUNT="1")
+    wait_for(tasks[0], lambda: (run_dir / "checkpoints" / "step00000006.ckpt").is_file())
     tasks[1].send_signal(signal.SIGUSR1)  # one rank gets it first: the ranks must still stop together
-    logs = [finish(t, root / f"slurm-1-{r}.log", timeout=120) for r, t in enumerate(tasks)]
+    logs = [finish(t, root / f"slurm-2-{r}.log", timeout=120) for r, t in enumerate(tasks)]
+    assert f"{run_dir / 'checkpoints' / f'step{killed_at:08d}.ckpt'}" in logs[0]  # resumed from the kill
     assert calls.read_text().split() == ["requeue", "4242"]
     hpc = list(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"]
     stopped_at = load(hpc[0])["global_step"]
-    assert 2 <= stopped_at < 2 * STEPS_PER_EPOCH
+    assert 6 <= stopped_at < 2 * STEPS_PER_EPOCH
     assert resume_candidates(run_dir)[0] == hpc[0]  # the newest: what the requeued job resumes from
     assert not (run_dir / "summary.json").exists()  # the job stopped, it did not finish
     assert any(f"stopped at step {stopped_at} for a requeue" in log for log in logs)
 
-    port = free_port()
-    tasks = [
-        start(cmd, slurm_env(r, port, bin_dir, SLURM_RESTART_COUNT="1"), root / f"slurm-2-{r}.log") for r in range(2)
-    ]
-    logs = [finish(t, root / f"slurm-2-{r}.log") for r, t in enumerate(tasks)]
-    assert "hpc_ckpt_1.ckpt" in logs[0]  # Lightning names the checkpoint it restores
+    # 3. the requeued job
+    logs = [finish(t, root / f"slurm-3-{r}.log") for r, t in enumerate(job(3, SLURM_RESTART_COUNT="2"))]
+    assert str(hpc[0]) in logs[0]  # Lightning names the checkpoint it restores
     assert calls.read_text().split() == ["requeue", "4242"]  # no second requeue
     assert_same_training(reference, final_state(run_dir))
 
