@@ -185,3 +185,32 @@ def test_the_sbatch_script_asks_for_the_signal_that_the_run_handles() -> None:
     cfg = compose("train", overrides)
     assert cfg.resume == "auto" and cfg.checkpoint.every_n_minutes > 0
     assert cluster.requeue_signal(cfg.checkpoint.requeue_signal) == signal.Signals[asked.group(1)]
+
+
+def test_warmup_of_a_max_steps_run_counts_one_ranks_batches() -> None:
+    """With trainer.max_steps the schedule measures an epoch from the loader; under DDP the loader's
+    DistributedSampler already holds one rank's share (it is not divided by the world size again)."""
+    from types import SimpleNamespace
+
+    from cssl.data import build_datamodule
+    from cssl.optim import OptimSettings, configure_schedule, warmup_cosine
+
+    data = build_datamodule("digits", batch_size=32)
+    data.setup()
+    n = len(data.sets["pretrain"])
+    for world in (1, 2):
+        trainer = SimpleNamespace(
+            estimated_stepping_batches=1000,
+            max_steps=1000,
+            max_epochs=None,
+            world_size=world,
+            global_rank=0,
+            accumulate_grad_batches=1,
+            datamodule=data,
+        )
+        data.trainer = trainer
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        schedule = configure_schedule(trainer, optimizer, OptimSettings(name="sgd", warmup_epochs=2))
+        per_rank = (-(-n // world)) // 32  # DistributedSampler's share, full batches only
+        lam = schedule["lr_scheduler"]["scheduler"].lr_lambdas[0]
+        assert [lam(s) for s in (0, 10, 500)] == [warmup_cosine(s, 2 * per_rank, 1000) for s in (0, 10, 500)]

@@ -176,7 +176,6 @@ class ImageDataModule(pl.LightningDataModule):
                 rank=int(getattr(trainer, "global_rank", 0) or 0),
                 seed=self.seed,
             )
-            self._resume_position = {}
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,

@@ -32,11 +32,12 @@ class ResumableSampler(DistributedSampler):
     def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, epoch: int = 0) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.epoch = epoch
-        self.start = 0  # samples of the current epoch to skip, once (set on resume)
+        self.resume_epoch, self.start = epoch, 0  # on resume: samples of resume_epoch to skip, once
 
     def __iter__(self) -> Iterator[int]:
         indices = list(super().__iter__())
-        start, self.start = self.start, 0
+        start = self.start if self.epoch == self.resume_epoch else 0
+        self.start = 0
         return iter(indices[start:])
 
 
@@ -58,6 +59,6 @@ def resumed_sampler(
     """The sampler of a training loader; after a resume it starts at the saved ``position``."""
     sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
     if position:
-        sampler.epoch = int(position["epoch"])
+        sampler.epoch = sampler.resume_epoch = int(position["epoch"])
         sampler.start = int(position["batches"]) * batch_size
     return sampler
