@@ -154,6 +154,15 @@ def test_resumable_sampler_is_torchs_order_and_starts_mid_epoch() -> None:
         assert resumed.epoch == 3 and list(resumed) == full[8:]
         assert list(resumed) == full  # the skip applies once: the next epoch pass is whole again
         assert len(resumed) == len(full)  # Lightning counts the whole epoch
+    # saved by 2 processes after 3 batches of 4 (24 images), resumed on 1 and on 4 processes
+    one = resumed_sampler(
+        data, {"epoch": 1, "batches": 3, "processes": 2}, batch_size=4, num_replicas=1, rank=0, seed=7
+    )
+    assert one.start == 24
+    four = resumed_sampler(
+        data, {"epoch": 1, "batches": 3, "processes": 2}, batch_size=4, num_replicas=4, rank=0, seed=7
+    )
+    assert four.start == 4  # 24 / 4 = 6 images each, rounded down to whole batches
 
 
 def test_metric_states_round_trip_per_rank() -> None:

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytorch_lightning as pl
+from pytorch_lightning.utilities import rank_zero_warn
 from torch.utils.data import Dataset, DistributedSampler
 
 
@@ -42,23 +43,35 @@ class ResumableSampler(DistributedSampler):
 
 
 def train_position(trainer: pl.Trainer | None) -> dict[str, int]:
-    """``{epoch, batches}``: the epoch being trained and how many of its batches are done; an epoch whose
-    batches are all done is reported as the start of the next one. Empty outside of fitting."""
+    """``{epoch, batches, processes}``: the epoch being trained, how many of its batches each process has
+    done, and the number of processes; an epoch whose batches are all done is reported as the start of the
+    next one. Empty outside of fitting."""
     if trainer is None or trainer.state.fn != "fit":
         return {}
     started = int(trainer.fit_loop.epoch_progress.current.started)  # the epoch in progress or just ended, + 1
     done = int(trainer.fit_loop.epoch_loop.batch_progress.current.ready)
     if started == 0 or done >= trainer.num_training_batches:
-        return {"epoch": started, "batches": 0}
-    return {"epoch": started - 1, "batches": done}
+        return {"epoch": started, "batches": 0, "processes": int(trainer.world_size)}
+    return {"epoch": started - 1, "batches": done, "processes": int(trainer.world_size)}
 
 
 def resumed_sampler(
     dataset: Dataset, position: dict[str, Any], *, batch_size: int, num_replicas: int, rank: int, seed: int
 ) -> ResumableSampler:
-    """The sampler of a training loader; after a resume it starts at the saved ``position``."""
+    """The sampler of a training loader; after a resume it starts at the saved ``position``.
+
+    Resumed on another number of processes, each skips its share of the images already trained on in that
+    epoch (the global order is the same permutation, dealt out to more or fewer ranks); the batches then
+    differ from the interrupted run's, so the result is no longer the same to the bit.
+    """
     sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
     if position:
         sampler.epoch = sampler.resume_epoch = int(position["epoch"])
-        sampler.start = int(position["batches"]) * batch_size
+        done = int(position["batches"]) * batch_size * int(position.get("processes", num_replicas))  # images
+        sampler.start = done // num_replicas // batch_size * batch_size
+        if done and int(position.get("processes", num_replicas)) != num_replicas:
+            rank_zero_warn(
+                f"resuming epoch {sampler.epoch} mid-way on {num_replicas} processes instead of "
+                f"{position['processes']}: its remaining images are dealt out anew (not bit-exact)"
+            )
     return sampler
