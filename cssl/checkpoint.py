@@ -6,6 +6,7 @@ import os
 import pickle
 import random
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
 from cssl import distributed
-from cssl.errors import ConfigError
+from cssl.errors import ConfigError, check
 
 FORMAT_VERSION = 1
 
@@ -82,6 +83,49 @@ def find_checkpoint(path: Path) -> Path:
             raise ConfigError(f"no checkpoint in {folder}; pass a .ckpt file or the run_dir of a finished run")
         return found[-1]
     return path
+
+
+def step_checkpoints(
+    folder: Path, *, every_n_steps: int, every_n_minutes: float, keep_last: int
+) -> list[pl.callbacks.ModelCheckpoint]:
+    """Mid-epoch checkpoints (Lightning's ModelCheckpoint) every ``every_n_steps`` steps or ``every_n_minutes``
+    minutes of training (0: off), as ``stepNNNNNNNN.ckpt`` in ``folder`` (the ``keep_last`` newest are kept;
+    -1: all), each also written as ``last.ckpt``."""
+    check(
+        isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool) and every_n_steps >= 0,
+        f"checkpoint.every_n_steps must be an integer >= 0, got {every_n_steps!r}",
+    )
+    check(
+        isinstance(every_n_minutes, int | float) and not isinstance(every_n_minutes, bool) and every_n_minutes >= 0,
+        f"checkpoint.every_n_minutes must be a number >= 0, got {every_n_minutes!r}",
+    )
+    check(
+        isinstance(keep_last, int) and not isinstance(keep_last, bool) and (keep_last >= 1 or keep_last == -1),
+        f"checkpoint.keep_last must be an integer >= 1 or -1 (all), got {keep_last!r}",
+    )
+    check(
+        not (every_n_steps and every_n_minutes),
+        f"set checkpoint.every_n_steps ({every_n_steps}) or checkpoint.every_n_minutes ({every_n_minutes}), not both",
+    )
+    if not every_n_steps and not every_n_minutes:
+        return []
+    if every_n_steps:
+        trigger: dict[str, Any] = {"every_n_train_steps": every_n_steps}
+    else:
+        trigger = {"train_time_interval": timedelta(minutes=every_n_minutes)}
+    return [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=str(folder),
+            filename="step{step:08d}",
+            auto_insert_metric_name=False,
+            monitor="step",  # keeps the newest keep_last files
+            mode="max",
+            save_top_k=keep_last,
+            save_last=True,
+            enable_version_counter=False,  # always overwrite last.ckpt
+            **trigger,
+        )
+    ]
 
 
 def resume_candidates(run_dir: Path) -> list[Path]:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import sys
 import time
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,15 @@ from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
 from cssl import app, cluster, launch, loggers
 from cssl.backbones import build_backbone
-from cssl.checkpoint import FinishStep, MetricStates, RNGState, find_checkpoint, newest_readable, read_checkpoint
+from cssl.checkpoint import (
+    FinishStep,
+    MetricStates,
+    RNGState,
+    find_checkpoint,
+    newest_readable,
+    read_checkpoint,
+    step_checkpoints,
+)
 from cssl.data import MultiView, ViewAugment
 from cssl.data.augment import EvalTransform
 from cssl.errors import ConfigError, check
@@ -138,45 +145,6 @@ def apply_speed_options(cfg: DictConfig, model: ContrastiveMethod) -> None:
         model.compile_backbone()
 
 
-def periodic_checkpoints(options: DictConfig, run_dir: Path) -> list[pl.callbacks.ModelCheckpoint]:
-    """Mid-epoch checkpoints every ``every_n_steps`` steps or ``every_n_minutes`` minutes (0: off), as
-    ``checkpoints/stepNNNNNNNN.ckpt`` (the ``keep_last`` newest are kept; -1: all) and ``last.ckpt``."""
-    steps, minutes, keep = (
-        options.get("every_n_steps", 0),
-        options.get("every_n_minutes", 0),
-        options.get("keep_last", 2),
-    )
-    app.check_int("checkpoint.every_n_steps", steps, 0)
-    check(
-        isinstance(minutes, int | float) and not isinstance(minutes, bool) and minutes >= 0,
-        f"checkpoint.every_n_minutes must be a number >= 0, got {minutes!r}",
-    )
-    check(
-        isinstance(keep, int) and not isinstance(keep, bool) and (keep >= 1 or keep == -1),
-        f"checkpoint.keep_last must be an integer >= 1 or -1 (all), got {keep!r}",
-    )
-    check(
-        not (steps and minutes),
-        f"set checkpoint.every_n_steps ({steps}) or checkpoint.every_n_minutes ({minutes}), not both",
-    )
-    if not steps and not minutes:
-        return []
-    trigger = {"every_n_train_steps": steps} if steps else {"train_time_interval": timedelta(minutes=minutes)}
-    return [
-        pl.callbacks.ModelCheckpoint(
-            dirpath=str(run_dir / "checkpoints"),
-            filename="step{step:08d}",
-            auto_insert_metric_name=False,
-            monitor="step",  # the newest keep_last files by step
-            mode="max",
-            save_top_k=keep,
-            save_last=True,
-            enable_version_counter=False,
-            **trigger,
-        )
-    ]
-
-
 def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
     """The checkpoint to resume from: None, a path, or ``auto`` (newest checkpoint of ``run_dir``)."""
     if resume in (None, "", "null"):
@@ -251,7 +219,12 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     callbacks = [
         FinishStep(),  # first: a step is complete before any callback checkpoints it
         checkpoints,
-        *periodic_checkpoints(cfg.checkpoint, run_dir),
+        *step_checkpoints(
+            run_dir / "checkpoints",
+            every_n_steps=cfg.checkpoint.every_n_steps,
+            every_n_minutes=cfg.checkpoint.every_n_minutes,
+            keep_last=cfg.checkpoint.keep_last,
+        ),
         RNGState(),
         MetricStates(),
         throughput,

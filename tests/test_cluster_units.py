@@ -223,3 +223,24 @@ def test_warmup_of_a_max_steps_run_counts_one_ranks_batches() -> None:
         per_rank = (-(-n // world)) // 32  # DistributedSampler's share, full batches only
         lam = schedule["lr_scheduler"]["scheduler"].lr_lambdas[0]
         assert [lam(s) for s in (0, 10, 500)] == [warmup_cosine(s, 2 * per_rank, 1000) for s in (0, 10, 500)]
+
+
+def test_step_checkpoints_options(tmp_path) -> None:
+    from datetime import timedelta
+
+    from cssl.checkpoint import step_checkpoints
+
+    assert step_checkpoints(tmp_path, every_n_steps=0, every_n_minutes=0, keep_last=2) == []
+    (by_steps,) = step_checkpoints(tmp_path, every_n_steps=50, every_n_minutes=0, keep_last=3)
+    assert by_steps._every_n_train_steps == 50 and by_steps.save_top_k == 3 and by_steps.save_last
+    (by_time,) = step_checkpoints(tmp_path, every_n_steps=0, every_n_minutes=1.5, keep_last=-1)
+    assert by_time._train_time_interval == timedelta(seconds=90) and by_time.save_top_k == -1
+    for bad, key in (
+        ({"every_n_steps": -1}, "every_n_steps"),
+        ({"every_n_minutes": "often"}, "every_n_minutes"),
+        ({"keep_last": 0}, "keep_last"),
+        ({"every_n_steps": 5, "every_n_minutes": 5}, "not both"),
+    ):
+        options = {"every_n_steps": 0, "every_n_minutes": 0, "keep_last": 2, **bad}
+        with pytest.raises(ConfigError, match=key):
+            step_checkpoints(tmp_path, **options)
