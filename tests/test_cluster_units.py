@@ -244,3 +244,19 @@ def test_step_checkpoints_options(tmp_path) -> None:
         options = {"every_n_steps": 0, "every_n_minutes": 0, "keep_last": 2, **bad}
         with pytest.raises(ConfigError, match=key):
             step_checkpoints(tmp_path, **options)
+
+
+def test_slurm_environment_plugin_only_under_srun_with_lightnings_requeue_off(monkeypatch, tmp_path) -> None:
+    for key in [k for k in os.environ if k.startswith("SLURM_")]:
+        monkeypatch.delenv(key)
+    assert cluster.environment_plugins() == []
+    for key, value in SRUN.items():
+        monkeypatch.setenv(key, value)
+    (plugin,) = cluster.environment_plugins()
+    assert plugin.auto_requeue is False and plugin.world_size() == 4 and plugin.global_rank() == 0
+    monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
+    with pytest.raises(ConfigError, match="^launch: .*ntasks-per-node"):
+        cluster.environment_plugins()
+    for n in (3, 12):
+        (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"")
+    assert cluster.hpc_index(tmp_path) == 12 and cluster.hpc_index(tmp_path / "none") == 0
