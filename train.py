@@ -13,6 +13,10 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    from cssl.launch import check_launch
+
+    trainer = cfg.trainer  # a bad launch stops here, in seconds, before the heavy imports
+    cli.guard(lambda: check_launch(trainer.get("devices"), trainer.get("num_nodes"), str(trainer.get("accelerator"))))
     from cssl.pretrain import pretrain
 
     cli.guard(lambda: pretrain(cfg))

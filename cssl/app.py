@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from cssl import cluster
 from cssl.checkpoint import AtomicCheckpointIO
 from cssl.data import EvalTransform, ImageDataModule, build_datamodule
 from cssl.errors import ConfigError, check
@@ -46,13 +47,15 @@ def build_data(
     }
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
-    return build_datamodule(
+    data = build_datamodule(
         str(cfg.data.name),
         train_split=train_split,
         train_transform=train_transform,
         eval_transform=eval_transform,
         **options,
     )
+    data.seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
+    return data
 
 
 def eval_transform(data: ImageDataModule) -> EvalTransform:
@@ -79,7 +82,7 @@ def build_trainer(
             default_root_dir=str(run_dir),
             logger=logger if logger is not None else False,
             callbacks=callbacks,
-            plugins=[AtomicCheckpointIO()],
+            plugins=[AtomicCheckpointIO(), *cluster.environment_plugins()],
             enable_progress_bar=progress_bar,
             num_sanity_val_steps=0,
         )

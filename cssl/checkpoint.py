@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import pickle
 import random
+from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +14,10 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
+from torchmetrics import Metric
 
 from cssl import distributed
-from cssl.errors import ConfigError
+from cssl.errors import ConfigError, check
 
 FORMAT_VERSION = 1
 
@@ -82,6 +85,78 @@ def find_checkpoint(path: Path) -> Path:
     return path
 
 
+def step_checkpoints(
+    folder: Path, *, every_n_steps: int, every_n_minutes: float, keep_last: int
+) -> list[pl.callbacks.ModelCheckpoint]:
+    """Mid-epoch checkpoints (Lightning's ModelCheckpoint) every ``every_n_steps`` steps or ``every_n_minutes``
+    minutes of training (0: off), as ``stepNNNNNNNN.ckpt`` in ``folder`` (the ``keep_last`` newest are kept;
+    -1: all), each also written as ``last.ckpt``."""
+    check(
+        isinstance(every_n_steps, int) and not isinstance(every_n_steps, bool) and every_n_steps >= 0,
+        f"checkpoint.every_n_steps must be an integer >= 0, got {every_n_steps!r}",
+    )
+    check(
+        isinstance(every_n_minutes, int | float) and not isinstance(every_n_minutes, bool) and every_n_minutes >= 0,
+        f"checkpoint.every_n_minutes must be a number >= 0, got {every_n_minutes!r}",
+    )
+    check(
+        isinstance(keep_last, int) and not isinstance(keep_last, bool) and (keep_last >= 1 or keep_last == -1),
+        f"checkpoint.keep_last must be an integer >= 1 or -1 (all), got {keep_last!r}",
+    )
+    check(
+        not (every_n_steps and every_n_minutes),
+        f"set checkpoint.every_n_steps ({every_n_steps}) or checkpoint.every_n_minutes ({every_n_minutes}), not both",
+    )
+    if not every_n_steps and not every_n_minutes:
+        return []
+    if every_n_steps:
+        trigger: dict[str, Any] = {"every_n_train_steps": every_n_steps}
+    else:
+        trigger = {"train_time_interval": timedelta(minutes=every_n_minutes)}
+    return [
+        pl.callbacks.ModelCheckpoint(
+            dirpath=str(folder),
+            filename="step{step:08d}",
+            auto_insert_metric_name=False,
+            monitor="step",  # keeps the newest keep_last files
+            mode="max",
+            save_top_k=keep_last,
+            save_last=True,
+            enable_version_counter=False,  # always overwrite last.ckpt
+            **trigger,
+        )
+    ]
+
+
+def resume_candidates(run_dir: Path) -> list[Path]:
+    """The checkpoints of a run dir, newest first (``last.ckpt`` first on a tie): ``checkpoints/*.ckpt``
+    and the ``hpc_ckpt_<n>.ckpt`` that a SLURM requeue leaves in the run dir (Lightning's name and place)."""
+    run_dir = Path(run_dir)
+    files = [*(run_dir / "checkpoints").glob("*.ckpt"), *run_dir.glob("hpc_ckpt_*.ckpt")]
+    return sorted(files, key=lambda p: (p.stat().st_mtime, p.name == "last.ckpt"), reverse=True)
+
+
+def newest_readable(run_dir: Path, warn: Callable[[str], None]) -> tuple[Path, dict[str, Any]] | None:
+    """The newest checkpoint of ``run_dir`` that can be read, and its contents; None if there is none yet.
+
+    A newer file that cannot be read (zero bytes, truncated by a node that died while writing it on a
+    shared file system) is named through ``warn`` and passed over.
+
+    Raises:
+        ConfigError: there are checkpoints, but none of them can be read.
+    """
+    candidates = resume_candidates(run_dir)
+    for path in candidates:
+        try:
+            return path, read_checkpoint(path)
+        except ConfigError as err:
+            warn(f"resume=auto: passing over {path}, the newest checkpoint left: {err}")
+    if candidates:
+        names = ", ".join(p.name for p in candidates)
+        raise ConfigError(f"resume=auto: no checkpoint of {run_dir} can be read ({names}); pass resume=<a .ckpt file>")
+    return None
+
+
 class RNGState(pl.Callback):
     """Saves and restores the random generators (Python, NumPy, torch CPU and accelerator) of every rank,
     so that a resumed run draws the same augmentations and shuffles as an uninterrupted one."""
@@ -109,6 +184,57 @@ class RNGState(pl.Callback):
         states = state_dict.get("per_rank", [])
         if states:
             _set_rng_state(states[min(distributed.rank(), len(states) - 1)])
+
+
+class FinishStep(pl.Callback):
+    """Completes the method's work of a step (MoCo's enqueue of the keys, AdCo's bank ascent and EMA step:
+    ``after_optimizer_step``) before any checkpoint of that step is written. Lightning calls the callbacks'
+    ``on_train_batch_end`` before the module's, so a step checkpoint would otherwise hold a step half done.
+    Put it first among the callbacks; ``after_optimizer_step`` runs once, the module's own call finds nothing
+    left to do."""
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        after = getattr(pl_module, "after_optimizer_step", None)
+        if after is not None:
+            after()
+
+
+class MetricStates(pl.Callback):
+    """Saves and restores the accumulators of the module's torchmetrics (the online probe's epoch accuracy)
+    on every rank, so that an epoch resumed mid-way reports the accuracy of all its batches. torchmetrics
+    keeps them out of the module's state_dict, and rank 0's would be the wrong ones for the other ranks."""
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        state = {name: _metric_state(m) for name, m in pl_module.named_modules() if isinstance(m, Metric)}
+        states: list[Any] = [state]
+        if distributed.world_size() > 1:
+            states = [None] * distributed.world_size()
+            torch.distributed.all_gather_object(states, state)
+        checkpoint["metric_states"] = {"per_rank": states}
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict) -> None:
+        states = checkpoint.get("metric_states", {}).get("per_rank", [])
+        if not states:
+            return
+        state = states[min(distributed.rank(), len(states) - 1)]
+        for name, metric in pl_module.named_modules():
+            if isinstance(metric, Metric) and name in state:
+                saved = state[name]
+                for key, value in saved["states"].items():
+                    if isinstance(value, list):
+                        value = [v.to(metric.device) for v in value]
+                    else:
+                        value = value.to(metric.device)
+                    setattr(metric, key, value)
+                metric._update_count = int(saved["updates"])
+                metric._computed = None
+
+
+def _metric_state(metric: Metric) -> dict[str, Any]:
+    def host(v: Any) -> Any:
+        return [t.detach().cpu() for t in v] if isinstance(v, list) else v.detach().cpu()
+
+    return {"states": {k: host(v) for k, v in metric.metric_state.items()}, "updates": int(metric._update_count)}
 
 
 def _rng_state() -> dict[str, Any]:

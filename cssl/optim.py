@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
+from torch.utils.data import DistributedSampler
 
 from cssl.errors import ConfigError, _is_number, check, check_positive
 
@@ -173,7 +174,11 @@ def configure_schedule(trainer: pl.Trainer, optimizer: torch.optim.Optimizer, se
         per_epoch = total / trainer.max_epochs
     else:
         datamodule = getattr(trainer, "datamodule", None)
-        batches = len(datamodule.train_dataloader()) / trainer.world_size if datamodule is not None else total
+        if datamodule is not None:
+            loader = datamodule.train_dataloader()  # a DistributedSampler already holds one rank's share
+            batches = len(loader) / (1 if isinstance(loader.sampler, DistributedSampler) else trainer.world_size)
+        else:
+            batches = total
         per_epoch = max(1.0, math.floor(batches) / trainer.accumulate_grad_batches)
     options = {"schedule": settings.schedule, "gamma": settings.gamma, "min_ratio": settings.min_lr_ratio}
     if settings.schedule_interval == "epoch":

@@ -3,17 +3,26 @@
 from __future__ import annotations
 
 import inspect
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
-from pytorch_lightning.utilities import rank_zero_only
+from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from cssl import app, loggers
+from cssl import app, cluster, launch, loggers
 from cssl.backbones import build_backbone
-from cssl.checkpoint import RNGState, find_checkpoint, read_checkpoint
+from cssl.checkpoint import (
+    FinishStep,
+    MetricStates,
+    RNGState,
+    find_checkpoint,
+    newest_readable,
+    read_checkpoint,
+    step_checkpoints,
+)
 from cssl.data import MultiView, ViewAugment
 from cssl.data.datamodules import ImageFolderDataModule
 from cssl.data.folder import SkippedImages
@@ -203,16 +212,21 @@ def resolve_resume(resume: Any, run_dir: Path, method: str) -> str | None:
     if resume in (None, "", "null"):
         return None
     if resume == "auto":
-        folder = run_dir / "checkpoints"
-        if not folder.is_dir() or not any(folder.glob("*.ckpt")):
+        found = newest_readable(run_dir, warn=_warn)
+        if found is None:
             return None  # nothing to resume yet: start fresh (so resume=auto is safe in job scripts)
-        path = find_checkpoint(run_dir)
+        path, ckpt = found
     else:
         path = find_checkpoint(Path(str(resume)))
-    ckpt = read_checkpoint(path)
+        ckpt = read_checkpoint(path)
     saved = ckpt["cssl"].get("method")
     check(saved == method, f"resume: {path} is a {saved} checkpoint, but method={method}; pass method={saved}")
     return str(path)
+
+
+@rank_zero_only
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]]:
@@ -231,6 +245,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
     start = time.time()
     app.check_int("seed", cfg.seed, 0)
+    trainer_cfg = cfg.trainer
+    launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
     run_dir = app.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
@@ -260,10 +276,31 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.val_views = model.diagnostics_every_n_steps > 0
     app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
     maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
-    callbacks = [checkpoints, RNGState(), throughput, maps, SkippedImages()]
+    callbacks = [
+        FinishStep(),  # first: a step is complete before any callback checkpoints it
+        checkpoints,
+        *step_checkpoints(
+            run_dir / "checkpoints",
+            every_n_steps=cfg.checkpoint.every_n_steps,
+            every_n_minutes=cfg.checkpoint.every_n_minutes,
+            keep_last=cfg.checkpoint.keep_last,
+        ),
+        RNGState(),
+        MetricStates(),
+        throughput,
+        maps,
+        SkippedImages(),
+    ]
+    signum = cluster.requeue_signal(cfg.checkpoint.get("requeue_signal"))
+    if signum is not None and cluster.on_slurm():
+        callbacks.append(cluster.SlurmRequeue(run_dir, signum))
     trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
     app.save_config(run_dir, cfg)
-    trainer.fit(model, datamodule=data, ckpt_path=resume)
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=resume)
+    except cluster.Requeued as stop:  # SLURM's time-limit signal: the requeued job continues with resume=auto
+        rank_zero_info(str(stop))
+        return {"requeued": True, "global_step": int(trainer.global_step), "run_dir": str(run_dir)}
     train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
     final_metrics = loggers.scalar_metrics(trainer.callback_metrics)  # train/... and neg/... of the last step
     if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights

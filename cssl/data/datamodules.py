@@ -23,6 +23,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cssl.backbones import auto_cifar_stem
 from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
+from cssl.data.resumable import resumed_sampler, train_position
 from cssl.data.views import ViewSpec, decode_on_device
 from cssl.errors import ConfigError, _is_number, check
 
@@ -149,6 +150,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.sets: dict[str, Dataset] = {}
         self.val_views = False  # set by the entry point when validation diagnostics need view pairs
         self.val_bank = True  # validation starts with the labelled train split (kNN bank); off in linear evaluation
+        self.seed = 0  # of the training order (set by the entry point)
+        self._resume_position: dict[str, Any] = {}
 
     # -- what subclasses provide -------------------------------------------------------------------
     def load(self) -> dict[str, Dataset]:
@@ -192,15 +195,34 @@ class ImageDataModule(pl.LightningDataModule):
         )
 
     def _loader(self, dataset: Dataset, *, train: bool) -> DataLoader:
+        sampler = None
+        if train:  # an order given by (seed, epoch, rank) that can start mid-epoch (cssl.data.resumable)
+            trainer = getattr(self, "trainer", None)
+            sampler = resumed_sampler(
+                dataset,
+                self._resume_position,
+                batch_size=self.batch_size,
+                num_replicas=int(getattr(trainer, "world_size", 1) or 1),
+                rank=int(getattr(trainer, "global_rank", 0) or 0),
+                seed=self.seed,
+            )
         return DataLoader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            sampler=sampler,
             drop_last=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds; the global stream stays untouched
         )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands in its epoch (saved in checkpoints; see :mod:`cssl.data.resumable`)."""
+        return train_position(getattr(self, "trainer", None))
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = dict(state_dict)
 
     def train_dataloader(self) -> DataLoader:
         self._check_batch_size()

@@ -7,9 +7,10 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from cssl.data import DATASETS, EvalTransform, MultiView, ViewAugment, build_datamodule
+from cssl.data.resumable import ResumableSampler
 from cssl.errors import ConfigError
 from tests.data import fabricate as F
 
@@ -151,9 +152,11 @@ def test_pretraining_loader_shuffles_and_drops_the_last_incomplete_batch(name, s
     n, bs = spec.sizes["pretrain"], spec.batch_size
     assert n % bs != 0
     loader = dm.train_dataloader()
-    assert loader.drop_last and isinstance(loader.sampler, RandomSampler) and loader.batch_size == bs
-    torch.manual_seed(0)
-    epochs = [torch.cat([x for x, _ in loader]) for _ in range(2)]
+    assert loader.drop_last and isinstance(loader.sampler, ResumableSampler) and loader.batch_size == bs
+    epochs = []
+    for epoch in range(2):
+        loader.sampler.set_epoch(epoch)  # as Lightning does: the order is a function of (seed, epoch)
+        epochs.append(torch.cat([x for x, _ in loader]))
     ordered, _ = all_items(dm.sets["pretrain"])
     for seen in epochs:
         assert len(seen) == (n // bs) * bs
