@@ -136,17 +136,18 @@ def resized_crop(
     ``torchvision.ops.roi_align(..., sampling_ratio=-1, aligned=True)`` would also batch boxes of different
     sizes, but its box filter only approximates torchvision's resize (35-41 dB); these weights are the same.
     """
-    _, _, height, width = x.shape
+    b, c, height, width = x.shape
     top, left, h, w = boxes.to(torch.float32).unbind(dim=1)  # (B,) each
     rows = resample_weights(top, h, height, size)  # (B, S, H)
     cols = resample_weights(left, w, width, size, flip)  # (B, S, W)
     if x.dtype == torch.uint8:
         rows = rows.mul_(1.0 / 255.0)  # the scaling to [0, 1] comes for free
-    x = x.float()
-    half = torch.matmul(x, cols.transpose(1, 2).unsqueeze(1))  # (B, C, H, S)
-    if out is None:
-        return torch.matmul(rows.unsqueeze(1), half)  # (B, C, S, S)
-    return torch.matmul(rows.unsqueeze(1), half, out=out)
+    # rows of all channels side by side, so that each contraction is one matmul per image (not per channel)
+    xt = torch.empty(b, height, c, width, device=x.device).copy_(x.permute(0, 2, 1, 3))  # (B, H, C, W) float
+    half = torch.bmm(xt.view(b, height * c, width), cols.transpose(1, 2))  # (B, H C, S)
+    full = torch.bmm(rows, half.view(b, height, c * size)).view(b, size, c, size)  # (B, S, C, S)
+    out = torch.empty(b, c, size, size, device=x.device) if out is None else out
+    return out.copy_(full.permute(0, 2, 1, 3))  # (B, C, S, S)
 
 
 class RandomResizedCrop(nn.Module):
@@ -209,7 +210,9 @@ def adjust_hue_(x: Tensor, hue: Tensor) -> Tensor:
     h.div_(chroma.eq(0).to(x.dtype).add_(chroma))  # a gray pixel (C = 0) keeps hue 0
     h.add_((6.0 * hue).view(-1, 1, 1))
     for channel, n in zip((r, g, b), (5.0, 3.0, 1.0), strict=True):
-        ramp = torch.add(h, n, out=part).remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+        k = torch.add(h, n, out=part)
+        k.sub_(k.div(6.0).floor_().mul_(6.0))  # mod 6 (floor is cheaper than remainder on CPUs)
+        ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
         torch.addcmul(maxc, chroma, ramp, value=-1.0, out=channel)
     return x
 
@@ -280,8 +283,9 @@ def _blend_pass_(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tens
     saturation = (active & (op == 2)).to(x.dtype)  # (B,)
     contrast = (active & (op == 1)).to(x.dtype)
     offset = contrast * (1 - f) * g.mean(dim=(1, 2, 3))  # (B,)
-    x.mul_(f.view(-1, 1, 1, 1)).add_(offset.view(-1, 1, 1, 1))
-    x.addcmul_(g, (saturation * (1 - f)).view(-1, 1, 1, 1))
+    # the gray term on one channel's worth of pixels, then one multiply-add over all three channels
+    g = g.mul_((saturation * (1 - f)).view(-1, 1, 1, 1)).add_(offset.view(-1, 1, 1, 1))  # (B, 1, H, W)
+    torch.addcmul(g, x, f.view(-1, 1, 1, 1), out=x)
     return x.clamp_(0.0, 1.0)
 
 
@@ -412,7 +416,7 @@ class ViewAugment(nn.Module):
         """(B, 3, H, W) uint8 or float in [0, 1] -> (B, 3, S, S) normalised float.
 
         Every parameter is drawn for the whole batch first; then, on a CPU, the images are processed in
-        chunks of about 4 MB, so that the many elementwise passes run in cache (a 224 px batch streams
+        chunks of about 2 MB of views, so that the many elementwise passes run in cache (a 224 px batch streams
         through memory at every pass otherwise); on accelerators the batch is one chunk. Per-image
         parameters make the chunking exact.
         """
@@ -429,7 +433,7 @@ class ViewAugment(nn.Module):
             "solar": torch.rand(b, device=device) < self.solarize_p if self.solarize_p > 0 else None,
         }
         out = torch.empty(b, 3, size, size, device=device)  # (B, 3, S, S)
-        step = b if device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (3 * max(size, x.shape[-1]) ** 2))
+        step = b if device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (3 * size * size))
         for start in range(0, b, step):
             rows = slice(start, start + step)
             self._views(x[rows], _rows(params, rows), out[rows])
@@ -458,7 +462,7 @@ class ViewAugment(nn.Module):
         normalize_(out, self.mean, self.std)
 
 
-CPU_CHUNK_ELEMENTS = 1 << 20  # floats per chunk of images on a CPU (4 MB: the working set stays in cache)
+CPU_CHUNK_ELEMENTS = 1 << 19  # view floats per chunk of images on a CPU (2 MB: the working set stays in cache)
 
 
 def _rows(params: Any, rows: slice) -> Any:
@@ -472,7 +476,7 @@ def normalize_(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor
     """(x - mean) / std per channel, in place."""
     scale = torch.tensor([1.0 / v for v in std], device=x.device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / v for m, v in zip(mean, std, strict=True)], device=x.device).view(1, -1, 1, 1)
-    return x.mul_(scale).add_(shift)
+    return torch.addcmul(shift, x, scale, out=x)
 
 
 class MultiView(nn.Module):
