@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import kornia.augmentation as K
 import torch
@@ -116,7 +117,9 @@ def resample_weights(start: Tensor, length: Tensor, in_size: int, out_size: int,
     return weights
 
 
-def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None) -> Tensor:
+def resized_crop(
+    x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None, *, out: Tensor | None = None
+) -> Tensor:
     """Crop every image to its own box and resize it to ``size`` with antialiasing, as two batched matmuls.
 
     Args:
@@ -124,6 +127,7 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
         boxes: (B, 4) ``(top, left, h, w)`` in whole pixels (e.g. from :func:`sample_crop_boxes`).
         size: output side.
         flip: optional (B,) bool: mirror those views horizontally.
+        out: optional (B, C, size, size) float32 tensor to write into.
 
     Returns:
         (B, C, size, size) float32; for float input it equals torchvision's
@@ -132,15 +136,18 @@ def resized_crop(x: Tensor, boxes: Tensor, size: int, flip: Tensor | None = None
     ``torchvision.ops.roi_align(..., sampling_ratio=-1, aligned=True)`` would also batch boxes of different
     sizes, but its box filter only approximates torchvision's resize (35-41 dB); these weights are the same.
     """
-    _, _, height, width = x.shape
+    b, c, height, width = x.shape
     top, left, h, w = boxes.to(torch.float32).unbind(dim=1)  # (B,) each
     rows = resample_weights(top, h, height, size)  # (B, S, H)
     cols = resample_weights(left, w, width, size, flip)  # (B, S, W)
     if x.dtype == torch.uint8:
         rows = rows.mul_(1.0 / 255.0)  # the scaling to [0, 1] comes for free
-    x = x.float()
-    out = torch.matmul(x, cols.transpose(1, 2).unsqueeze(1))  # (B, C, H, S)
-    return torch.matmul(rows.unsqueeze(1), out)  # (B, C, S, S)
+    # rows of all channels side by side, so that each contraction is one matmul per image (not per channel)
+    xt = torch.empty(b, height, c, width, device=x.device).copy_(x.permute(0, 2, 1, 3))  # (B, H, C, W) float
+    half = torch.bmm(xt.view(b, height * c, width), cols.transpose(1, 2))  # (B, H C, S)
+    full = torch.bmm(rows, half.view(b, height, c * size)).view(b, size, c, size)  # (B, S, C, S)
+    out = torch.empty(b, c, size, size, device=x.device) if out is None else out
+    return out.copy_(full.permute(0, 2, 1, 3))  # (B, C, S, S)
 
 
 class RandomResizedCrop(nn.Module):
@@ -203,7 +210,9 @@ def adjust_hue_(x: Tensor, hue: Tensor) -> Tensor:
     h.div_(chroma.eq(0).to(x.dtype).add_(chroma))  # a gray pixel (C = 0) keeps hue 0
     h.add_((6.0 * hue).view(-1, 1, 1))
     for channel, n in zip((r, g, b), (5.0, 3.0, 1.0), strict=True):
-        ramp = torch.add(h, n, out=part).remainder_(6.0).sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
+        k = torch.add(h, n, out=part)
+        k.sub_(k.div(6.0).floor_().mul_(6.0))  # mod 6 (floor is cheaper than remainder on CPUs)
+        ramp = k.sub_(2.0).abs_().neg_().add_(2.0).clamp_(0.0, 1.0)
         torch.addcmul(maxc, chroma, ramp, value=-1.0, out=channel)
     return x
 
@@ -274,8 +283,9 @@ def _blend_pass_(x: Tensor, op: Tensor, factors: Tensor, active: Tensor) -> Tens
     saturation = (active & (op == 2)).to(x.dtype)  # (B,)
     contrast = (active & (op == 1)).to(x.dtype)
     offset = contrast * (1 - f) * g.mean(dim=(1, 2, 3))  # (B,)
-    x.mul_(f.view(-1, 1, 1, 1)).add_(offset.view(-1, 1, 1, 1))
-    x.addcmul_(g, (saturation * (1 - f)).view(-1, 1, 1, 1))
+    # the gray term on one channel's worth of pixels, then one multiply-add over all three channels
+    g = g.mul_((saturation * (1 - f)).view(-1, 1, 1, 1)).add_(offset.view(-1, 1, 1, 1))  # (B, 1, H, W)
+    torch.addcmul(g, x, f.view(-1, 1, 1, 1), out=x)
     return x.clamp_(0.0, 1.0)
 
 
@@ -413,39 +423,70 @@ class ViewAugment(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: Tensor) -> Tensor:
-        """(B, 3, H, W) uint8 or float in [0, 1] -> (B, 3, S, S) normalised float."""
-        b, device = x.shape[0], x.device
-        flip = torch.rand(b, device=device) < self.hflip_p if self.hflip_p > 0 else None  # (B,)
+        """(B, 3, H, W) uint8 or float in [0, 1] -> (B, 3, S, S) normalised float.
+
+        Every parameter is drawn for the whole batch first; then, on a CPU, the images are processed in
+        chunks of about 2 MB of views, so that the many elementwise passes run in cache (a 224 px batch streams
+        through memory at every pass otherwise); on accelerators the batch is one chunk. Per-image
+        parameters make the chunking exact.
+        """
+        b, device, size = x.shape[0], x.device, self.image_size
         crop, jitter, blur = self.crop, self.jitter, self.blur
-        if crop is not None:
-            x = crop(x, flip)  # (B, 3, S, S) in [0, 1], flipped where drawn
+        if crop is None and x.shape[-2:] != (size, size):
+            raise ValueError(f"views cut beforehand must be {size}x{size}, got {tuple(x.shape[-2:])}")
+        params: dict[str, Any] = {
+            "flip": torch.rand(b, device=device) < self.hflip_p if self.hflip_p > 0 else None,  # (B,)
+            "boxes": crop.sample(x) if crop is not None else None,  # (B, 4)
+            "jitter": jitter.sample(b, device) if jitter is not None else None,
+            "gray": torch.rand(b, device=device) < self.grayscale_p if self.grayscale_p > 0 else None,
+            "blur": blur.sample(b, device) if blur is not None else None,
+            "solar": torch.rand(b, device=device) < self.solarize_p if self.solarize_p > 0 else None,
+        }
+        out = torch.empty(b, 3, size, size, device=device)  # (B, 3, S, S)
+        step = b if device.type != "cpu" else max(1, CPU_CHUNK_ELEMENTS // (3 * size * size))
+        for start in range(0, b, step):
+            rows = slice(start, start + step)
+            self._views(x[rows], _rows(params, rows), out[rows])
+        return out
+
+    def _views(self, x: Tensor, params: dict[str, Any], out: Tensor) -> None:
+        """The views of a chunk of images, written into ``out``."""
+        flip = params["flip"]
+        if params["boxes"] is not None:
+            resized_crop(x, params["boxes"], self.image_size, flip, out=out)  # in [0, 1], flipped where drawn
         else:
-            if x.shape[-2:] != (self.image_size, self.image_size):
-                raise ValueError(
-                    f"views cut beforehand must be {self.image_size}x{self.image_size}, got {tuple(x.shape[-2:])}"
-                )
-            x = to_float(x) if x.dtype == torch.uint8 else x.float().clone()  # (B, 3, S, S), ours to change
+            out.copy_(x)
+            if x.dtype == torch.uint8:
+                out.div_(255.0)
             if flip is not None:
-                x = x.lerp_(x.flip(-1), flip.view(-1, 1, 1, 1).to(x.dtype))
-        # from here on x is a buffer of our own: every step writes into it
-        if jitter is not None:
-            x = jitter(x, inplace=True)
-        if self.grayscale_p > 0:
-            gray = (torch.rand(b, device=device) < self.grayscale_p).to(x.dtype)  # (B,)
-            x = x.lerp_(grayscale(x).expand_as(x), gray.view(-1, 1, 1, 1))
-        if blur is not None:
-            x = blur(x)
-        if self.solarize_p > 0:
-            solar = (torch.rand(b, device=device) < self.solarize_p).to(x.dtype)  # (B,)
-            x = x.lerp_(0.5 - (x - 0.5).abs_(), solar.view(-1, 1, 1, 1))  # 1 - x where x >= 0.5
-        return normalize_(x, self.mean, self.std)
+                out.lerp_(out.flip(-1), flip.view(-1, 1, 1, 1).to(out.dtype))
+        if params["jitter"] is not None:
+            ColorJitter.apply(out, params["jitter"], inplace=True)
+        if params["gray"] is not None:
+            out.lerp_(grayscale(out).expand_as(out), params["gray"].view(-1, 1, 1, 1).to(out.dtype))
+        if params["blur"] is not None:
+            out.copy_(self.blur.apply(out, params["blur"]))  # type: ignore[union-attr]
+        if params["solar"] is not None:
+            solarized = (out - 0.5).abs_().neg_().add_(0.5)  # 1 - x where x >= 0.5, else x
+            out.lerp_(solarized, params["solar"].view(-1, 1, 1, 1).to(out.dtype))
+        normalize_(out, self.mean, self.std)
+
+
+CPU_CHUNK_ELEMENTS = 1 << 19  # view floats per chunk of images on a CPU (2 MB: the working set stays in cache)
+
+
+def _rows(params: Any, rows: slice) -> Any:
+    """The parameters of a chunk of images (every tensor's leading dimension is the batch)."""
+    if isinstance(params, dict):
+        return {key: _rows(value, rows) for key, value in params.items()}
+    return params[rows] if isinstance(params, Tensor) else params
 
 
 def normalize_(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     """(x - mean) / std per channel, in place."""
     scale = torch.tensor([1.0 / v for v in std], device=x.device).view(1, -1, 1, 1)
     shift = torch.tensor([-m / v for m, v in zip(mean, std, strict=True)], device=x.device).view(1, -1, 1, 1)
-    return x.mul_(scale).add_(shift)
+    return torch.addcmul(shift, x, scale, out=x)
 
 
 class MultiView(nn.Module):

@@ -385,3 +385,17 @@ def test_views_are_reproducible_from_torchs_global_generator(crop):
     torch.set_rng_state(state)
     assert torch.equal(view(images), second)
     assert not torch.equal(first, second)
+
+
+@pytest.mark.parametrize("crop", [True, False])
+def test_chunked_views_on_a_cpu_equal_whole_batch_views(crop, monkeypatch):
+    """On a CPU the batch is processed in cache-sized chunks; per-image parameters make that exact."""
+    import cssl.data.augment as augment
+
+    images = batch(b=10, h=32, w=32)
+    view = ViewAugment(32, crop=crop, blur_p=0.5, solarize_p=0.5)
+    torch.manual_seed(7)
+    whole = view(images)
+    monkeypatch.setattr(augment, "CPU_CHUNK_ELEMENTS", 3 * 3 * 32 * 32)  # chunks of 3 images: 3 + 3 + 3 + 1
+    torch.manual_seed(7)
+    assert torch.allclose(view(images), whole, atol=1e-5)
