@@ -27,6 +27,13 @@ RUNS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def baseline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Baselines computed by a test go to its own folder, never to the user's cache."""
+    monkeypatch.setenv("CSSL_BASELINE_CACHE", str(tmp_path / "baseline-cache"))
+    return tmp_path / "baseline-cache"
+
+
 def write_run(folder: Path, *, method: str, estimator: str, tau_plus: float, seed: int, values: tuple) -> Path:
     """A pretraining run dir as train.py writes it (summary.json + config.yaml), by hand."""
     knn, online, loss, pos_sim = values
@@ -95,7 +102,7 @@ def mean_std(a: float, b: float) -> tuple[float, float]:
 
 
 def test_report_table_csv_and_plots(runs: Path, capsys: pytest.CaptureFixture) -> None:
-    written = report.main(["runs", "evals", "--out", "out", "--name", "abl"])
+    written = report.main(["runs", "evals", "--out", "out", "--name", "abl", "--all", "--no-baselines"])
     assert {p.name for p in written} == {"abl.md", "abl.csv", "abl_method.name.png"}
     assert (runs / "out" / "abl_method.name.png").read_bytes()[:8] == PNG
 
@@ -240,7 +247,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr("cssl.loggers._reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w"])
+    report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w", "--all"])
     assert FakeApi.queries == [("me/cssl", {"group": "sweep_x"})]
     with (tmp_path / "w.csv").open() as handle:
         rows = list(csv.DictReader(handle))
