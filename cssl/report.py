@@ -474,7 +474,7 @@ def add_baselines(report: Report, cache: Path | None) -> int:
                 continue
             key = baselines.spec_hash({**spec, "seed": None})
             groups.setdefault(key, (kind, spec, {}))[2].setdefault(spec["seed"], run)
-    several = len({baselines.spec_hash({**s, "seed": None, "kind": None}) for _, s, _ in groups.values()}) > 1
+    several = len({baselines.spec_hash({"d": s["data"], "o": s["data_options"]}) for _, s, _ in groups.values()}) > 1
     for kind, spec, seeds in groups.values():
         members = []
         for seed, run in sorted(seeds.items()):
@@ -525,8 +525,10 @@ def table_columns(report: Report, *, columns: Sequence[str] | None = None, every
             )
         return list(columns)
     wanted = list(DEFAULT_COLUMNS)
-    for name in dict.fromkeys(family(run) for run in report.runs):
-        wanted += FAMILY_COLUMNS[name]
+    present = {family(run) for run in report.runs}
+    for name, diagnostics in FAMILY_COLUMNS.items():  # a fixed order, whatever the order of the runs
+        if name in present:
+            wanted += diagnostics
     return [c for c in dict.fromkeys(wanted) if c in report.columns]
 
 
