@@ -688,7 +688,7 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in PLOTTED if m in report.columns]
+    metrics = [m for m in PLOTTED if any(m in run.metrics for run in report.runs)]  # not baselines alone
     if not metrics:
         return False
     others = [k for k in report.plotted if k != key]
