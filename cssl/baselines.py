@@ -26,7 +26,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 import json
+import logging
 import os
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -129,17 +131,27 @@ def _linear(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classe
     loader = DataLoader(
         TensorDataset(train[0][keep], train[1][keep]), batch_size=budget["batch_size"], shuffle=True, drop_last=False
     )
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=budget["epochs"],
-        check_val_every_n_epoch=budget["val_every"],
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    trainer.fit(probe, train_dataloaders=loader, val_dataloaders=DataLoader(TensorDataset(*val), batch_size=1024))
+    quiet = logging.getLogger("pytorch_lightning.utilities.rank_zero")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # no Trainer banner in the middle of the report's output
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*(eval mode|LeafSpec|num_workers|does not have many workers).*")
+            trainer = pl.Trainer(
+                accelerator="cpu",
+                max_epochs=budget["epochs"],
+                check_val_every_n_epoch=budget["val_every"],
+                logger=False,
+                enable_checkpointing=False,
+                enable_progress_bar=False,
+                enable_model_summary=False,
+                num_sanity_val_steps=0,
+            )
+            trainer.fit(
+                probe, train_dataloaders=loader, val_dataloaders=DataLoader(TensorDataset(*val), batch_size=1024)
+            )
+    finally:
+        quiet.setLevel(level)
     result = last_and_best(probe.history)
     return {"linear_top1": float(result["top1_last"]), "linear_top1_best": float(result["top1_best"])}
 
