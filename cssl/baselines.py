@@ -106,10 +106,13 @@ def _data(spec: Mapping[str, Any], root: str | None) -> Any:
 
 @torch.no_grad()
 def _features(encode: nn.Module, data: Any, dataset: Any) -> tuple[Tensor, Tensor]:
-    """(N, F) features of a split's images through the evaluation transform, and their (N,) labels."""
+    """(N, F) features of a split's images through the evaluation transform (on a GPU when there is one, as
+    ``linear_eval.py mode=knn``), and their (N,) labels, on the CPU."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    encode = encode.to(device)
     feats, labels = [], []
-    for x, y in DataLoader(dataset, batch_size=data.eval_batch_size, shuffle=False):
-        feats.append(encode(data.eval_transform(x)).float().flatten(1))
+    for x, y in data._loader(dataset, train=False):  # the data's own loader: batch size, collation
+        feats.append(encode(data.eval_transform.to(device)(x.to(device))).float().flatten(1).cpu())  # (B, F)
         labels.append(y)
     return torch.cat(feats), torch.cat(labels)
 
