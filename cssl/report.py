@@ -1,7 +1,7 @@
 """Ablation reports: a set of runs -> one table (markdown and CSV) and accuracy plots.
 
 ``python -m cssl.report RUN_DIR... [--out DIR] [--name NAME] [--wandb-group GROUP --wandb-project P
---wandb-entity E]``
+--wandb-entity E] [--columns a,b | --all] [--no-baselines] [--baseline-cache DIR]``
 
 A run is a folder with ``summary.json`` (and ``config.yaml``), as ``train.py`` and ``linear_eval.py`` write
 them; arguments may be run dirs or any folder above them (a multirun's sweep dir, ``runs/``). The report
@@ -10,6 +10,12 @@ gives mean and standard deviation over seeds of every final metric the runs have
 accuracies, ``linear_top1`` of the linear evaluations that point at a run's checkpoint, and whatever
 scalars the run logged last (``summary.json``'s ``metrics``: ``neg/...`` diagnostics included), without
 knowing their names in advance. With ``--wandb-group`` the runs of a W&B group are read instead (online).
+
+The markdown table shows the accuracies, the final loss and a few diagnostics per method family (``--columns``
+picks others, ``--all`` shows every metric); the CSV always has every metric. Reference rows for a
+random-init backbone and for the raw pixels (:mod:`cssl.baselines`, cached) close the table and are drawn as
+horizontal lines in the plots. ``NAME_curves.png`` draws each row's validation metrics against the training
+step (mean over seeds, band of one std) from ``RUN/csv/metrics.csv`` (``logger=csv``) or the W&B history.
 
 Bad input (no runs, an unreadable file, no network for W&B) is one line on stderr and exit status 2.
 """
@@ -46,10 +52,21 @@ ALIASES = {
 PLOTTED = ("knn_top1", "online_top1", "linear_top1")
 #: Column order of the known metrics; other metrics follow in name order, then the timing columns.
 LEADING = (
-    *("knn_top1", "online_top1", "linear_top1", "linear_top5", "eval_knn_top1", "eval_knn_top5"),
+    *("knn_top1", "online_top1", "linear_top1", "linear_top1_best", "linear_top5", "eval_knn_top1", "eval_knn_top5"),
     *("train_loss", "train_online_top1"),
 )
 TRAILING = ("images_per_second", "wall_seconds")
+#: Columns of the default markdown table: the accuracies and the final loss, then FAMILY_COLUMNS.
+DEFAULT_COLUMNS = ("linear_top1_best", "linear_top1", "knn_top1", "eval_knn_top1", "online_top1", "train_loss")
+#: A few diagnostics per method family (shown by default when some run of the family has them).
+FAMILY_COLUMNS = {
+    "no_negatives": ("byol/cos", "byol/z_std", "byol/tau"),  # methods with ``uses_negatives = False``
+    "queue": ("neg/queue_age_mean", "neg/bank_drift"),  # queue and memory-bank pools
+    "hcl": ("neg/hcl_weight_std", "neg/hcl_weight_max"),  # HCL's importance weights
+    "in_batch": ("neg/effective_negatives",),  # negatives from the batch
+}
+#: Validation metrics not drawn as learning curves.
+CURVE_IGNORED = ("val/embedding",)
 #: W&B summary keys that are not final metrics.
 WANDB_BOOKKEEPING = ("epoch", "trainer/global_step")
 #: Config keys that never make runs differ (paths, bookkeeping, where the logs go).
@@ -79,6 +96,7 @@ class Run:
     summary: dict[str, Any]
     metrics: dict[str, float] = field(default_factory=dict)
     aliases: list[str] = field(default_factory=list)  # paths that name this run (joins linear evaluations)
+    curves: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # val metric -> [(step, value)]
 
     @property
     def is_linear_eval(self) -> bool:
@@ -108,6 +126,7 @@ class Report:
     rows: list[Row]
     runs: list[Run]
     linear_runs: int = 0
+    baselines: list[Row] = field(default_factory=list)  # reference rows: values {"baseline": label}
 
 
 # -- reading runs ---------------------------------------------------------------------------------------
@@ -192,7 +211,39 @@ def read_run(folder: Path) -> Run:
         logged = summary.get("metrics") if isinstance(summary.get("metrics"), dict) else {}
         run.metrics = pretrain_metrics(summary, logged)
         run.aliases = [str(folder)] + ([str(summary["run_dir"])] if summary.get("run_dir") else [])
+        if (folder / "csv" / "metrics.csv").is_file():
+            run.curves = read_curves(folder / "csv" / "metrics.csv")
     return run
+
+
+def _curves(rows: Iterable[dict[str, Any]], step_keys: Sequence[str]) -> dict[str, list[tuple[int, float]]]:
+    """``val/...`` metric -> [(step, value)] sorted by step (the last value of a step kept), from logged rows."""
+    curves: dict[str, dict[int, float]] = {}
+    for row in rows:
+        step = next((_number(_parse(row.get(k))) for k in step_keys if _number(_parse(row.get(k))) is not None), None)
+        if step is None:
+            continue
+        for name, raw in row.items():
+            value = _number(_parse(raw))
+            if str(name).startswith("val/") and name not in CURVE_IGNORED and value is not None:
+                curves.setdefault(str(name), {})[int(step)] = value
+    return {name: sorted(points.items()) for name, points in sorted(curves.items())}
+
+
+def _parse(value: Any) -> Any:
+    """A CSV cell as a number when it is one."""
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return value
+
+
+def read_curves(path: Path) -> dict[str, list[tuple[int, float]]]:
+    """The validation metrics of Lightning's CSVLogger file (``logger=csv``: RUN/csv/metrics.csv, one row per
+    logging call with a ``step`` column and empty cells for the metrics not logged then) against the step."""
+    return _curves(_read(path, lambda handle: list(csv.DictReader(handle))), ("step",))
 
 
 def load_local(paths: Sequence[str | Path]) -> list[Run]:
@@ -235,6 +286,12 @@ def load_wandb(group: str, *, project: str, entity: str | None) -> list[Run]:
             run = Run(path=f"wandb:{path}", config=config, summary={"seed": config.get("seed")})
             run.metrics = pretrain_metrics({}, summary)
             run.aliases = [str(config["run_dir"])] if config.get("run_dir") else []
+            try:
+                history = list(item.scan_history())
+            except Exception as err:  # noqa: BLE001 - curves are optional: the table does not need them
+                print(f"warning: {run.path}: no W&B history ({type(err).__name__}); no curves", file=sys.stderr)
+                history = []
+            run.curves = _curves(history, ("trainer/global_step", "_step"))
         runs.append(run)
     if not runs:
         raise ConfigError(f"--wandb-group {group}: no finished runs in {entity + '/' if entity else ''}{project}")
@@ -278,6 +335,8 @@ def join_linear(pretrain: list[Run], evaluations: list[Run]) -> int:
         for k in ("top1", "top5"):
             if (value := _number(ev.summary.get(k))) is not None:
                 results.setdefault(match, {}).setdefault(f"{prefix}_{k}", []).append(value)
+        if prefix == "linear" and (value := _number(ev.summary.get("top1_best"))) is not None:
+            results.setdefault(match, {}).setdefault("linear_top1_best", []).append(value)
     for i, values in results.items():
         pretrain[i].metrics.update({k: statistics.fmean(v) for k, v in values.items()})
     return joined
@@ -359,8 +418,8 @@ def metric_stats(runs: Sequence[Run], name: str) -> tuple[float, float | None, i
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None), len(values)
 
 
-def metric_columns(runs: Sequence[Run]) -> list[str]:
-    names = {name for run in runs for name in run.metrics}
+def metric_columns(runs: Sequence[Run], extra: Iterable[str] = ()) -> list[str]:
+    names = {name for run in runs for name in run.metrics} | set(extra)
     rest = sorted(names - set(LEADING) - set(TRAILING))
     return [n for n in LEADING if n in names] + rest + [n for n in TRAILING if n in names]
 
@@ -386,6 +445,91 @@ def build_report(runs: Sequence[Run]) -> Report:
     order = plotted + [k for k in varied if k not in plotted]
     rows.sort(key=lambda row: [_sort_value(row.values[k]) for k in order])
     return Report(varied=varied, plotted=plotted, columns=columns, rows=rows, runs=pretrain, linear_runs=linear)
+
+
+# -- baselines ------------------------------------------------------------------------------------------
+BASELINE_METRICS = ("knn_top1", "linear_top1", "linear_top1_best")
+
+
+def _baseline_label(kind: str, spec: dict[str, Any], several: bool) -> str:
+    label = f"random-init {spec['backbone']}" if kind == "random_init" else "raw pixels"
+    if several:  # runs on several datasets or image options: say which
+        size = spec["data_options"].get("image_size")
+        label += f" ({spec['data']}" + (f", {size} px" if size else "") + ")"
+    return label
+
+
+def add_baselines(report: Report, cache: Path | None) -> int:
+    """Reference rows for the random-init backbone and the raw pixels (:mod:`cssl.baselines`), one per kind and
+    distinct (dataset, architecture, image options, protocol), mean and std over the runs' seeds; each result
+    computed once and cached under ``cache``. Returns how many were computed (not read from the cache)."""
+    from cssl import baselines
+
+    before = baselines.COMPUTED["count"]
+    groups: dict[str, tuple[str, dict[str, Any], dict[int, Run]]] = {}
+    for run in report.runs:
+        for kind in baselines.KINDS:
+            spec = baselines.baseline_spec(run.config, kind)
+            if spec is None:
+                continue
+            key = baselines.spec_hash({**spec, "seed": None})
+            groups.setdefault(key, (kind, spec, {}))[2].setdefault(spec["seed"], run)
+    several = len({baselines.spec_hash({"d": s["data"], "o": s["data_options"]}) for _, s, _ in groups.values()}) > 1
+    for kind, spec, seeds in groups.values():
+        members = []
+        for seed, run in sorted(seeds.items()):
+            root = run.config.get("data.root")
+            try:
+                results = baselines.baseline({**spec, "seed": seed}, cache, root=None if root is None else str(root))
+            except ConfigError as err:
+                raise ConfigError(f"baselines: {err} (pass --no-baselines to skip them)") from None
+            members.append(Run(path=f"baseline:{kind}", config={}, summary={"seed": seed}, metrics=results))
+        label = _baseline_label(kind, spec, several)
+        stats = {c: st for c in BASELINE_METRICS if (st := metric_stats(members, c)) is not None}
+        report.baselines.append(Row({"baseline": label}, members, stats))
+    report.baselines.sort(key=lambda row: (not row.values["baseline"].startswith("random"), row.values["baseline"]))
+    if report.baselines:  # a baseline's linear accuracy is shown even when no run has a linear evaluation
+        report.columns = metric_columns(report.runs, BASELINE_METRICS)
+    return baselines.COMPUTED["count"] - before
+
+
+# -- which columns the table shows ----------------------------------------------------------------------
+def family(run: Run) -> str:
+    """A run's method family for the default diagnostics: ``no_negatives`` (the method class says
+    ``uses_negatives = False``), ``hcl`` (HCL's estimator), ``queue`` (a queue or bank: queue ages logged),
+    else ``in_batch``."""
+    from cssl.methods import METHODS
+
+    cls = METHODS.get(str(run.config.get("method.name", run.summary.get("method"))))
+    if (cls is not None and not getattr(cls, "uses_negatives", True)) or any(
+        m.startswith("byol/") for m in run.metrics
+    ):
+        return "no_negatives"
+    if str(run.config.get("method.estimator", "")) == "hcl" or "neg/hcl_weight_std" in run.metrics:
+        return "hcl"
+    if any(m.startswith(("neg/queue_age", "neg/bank_")) for m in run.metrics):
+        return "queue"
+    return "in_batch"
+
+
+def table_columns(report: Report, *, columns: Sequence[str] | None = None, everything: bool = False) -> list[str]:
+    """The metric columns of the markdown table: all (``everything``), the named ones (``columns``, each of
+    which must exist), or by default the accuracies, the final loss and each present family's diagnostics."""
+    if everything:
+        return list(report.columns)
+    if columns:
+        unknown = [c for c in columns if c not in report.columns]
+        if unknown:
+            raise ConfigError(
+                f"--columns: no metric {', '.join(unknown)} in these runs; choose from {', '.join(report.columns)}"
+            )
+        return list(columns)
+    wanted = list(DEFAULT_COLUMNS)
+    present = {family(run) for run in report.runs}
+    for name, diagnostics in FAMILY_COLUMNS.items():  # a fixed order, whatever the order of the runs
+        if name in present:
+            wanted += diagnostics
+    return [c for c in dict.fromkeys(wanted) if c in report.columns]
 
 
 # -- output ---------------------------------------------------------------------------------------------
@@ -416,6 +560,7 @@ COLUMN_HELP = {
     "knn_top1": "weighted kNN top-1 accuracy of the backbone's features on the held-out split (final weights)",
     "online_top1": "top-1 accuracy of the online linear probe (trained on detached features) on the held-out split",
     "linear_top1": "top-1 of linear_eval.py's linear classifier on the frozen backbone (mean over its evaluations)",
+    "linear_top1_best": "best top-1 over the validations of the same linear evaluation",
     "linear_top5": "top-5 of the same linear evaluation",
     "eval_knn_top1": "top-1 of linear_eval.py mode=knn on the run's checkpoint",
     "eval_knn_top5": "top-5 of linear_eval.py mode=knn",
@@ -434,12 +579,25 @@ def _help(column: str) -> str:
     return f"{where.get(kind, 'metric')} `{column}` as last logged (validation metrics on the final weights)"
 
 
-def write_markdown(report: Report, path: Path, *, title: str, sources: Sequence[str], plots: Sequence[Path]) -> None:
+def write_markdown(
+    report: Report,
+    path: Path,
+    *,
+    title: str,
+    sources: Sequence[str],
+    plots: Sequence[Path],
+    columns: Sequence[str] | None = None,
+) -> None:
+    """The table of ``columns`` (default: all of ``report.columns``), baseline rows last, then the column help
+    and the plots."""
+    shown = list(report.columns if columns is None else columns)
     keys = report.plotted
     followers = [k for k in report.varied if k not in keys]
-    header = [*keys, "seeds", *report.columns]
+    label_column = keys[0] if keys else "baseline"
+    extra = [] if keys or not report.baselines else ["baseline"]
+    header = [*extra, *keys, "seeds", *shown]
     best = {}
-    for column in report.columns:
+    for column in shown:
         means = [row.stats[column][0] for row in report.rows if column in row.stats]
         if "top" in column and len(set(means)) > 1:
             best[column] = max(means)
@@ -462,18 +620,31 @@ def write_markdown(report: Report, path: Path, *, title: str, sources: Sequence[
         "",
     ]
     lines.append("| " + " | ".join(header) + " |")
-    lines.append("|" + "|".join("---" if i < len(keys) else "---:" for i in range(len(header))) + "|")
+    lines.append("|" + "|".join("---" if i < len(keys) + len(extra) else "---:" for i in range(len(header))) + "|")
     for row in report.rows:
-        cells = [_show(row.values[k]) for k in keys] + [str(len(row.runs))]
-        for column in report.columns:
+        cells = [""] * len(extra) + [_show(row.values[k]) for k in keys] + [str(len(row.runs))]
+        for column in shown:
             cell = _cell(row.stats.get(column))
             if column in best and column in row.stats and row.stats[column][0] == best[column]:
                 cell = f"**{cell}**"
             cells.append(cell)
         lines.append("| " + " | ".join(cells) + " |")
+    for row in report.baselines:  # reference rows: in italics, never bold
+        label = [f"*{row.values['baseline']}*" if k == label_column else "" for k in [*extra, *keys]]
+        cells = label + [str(len(row.runs))] + [_cell(row.stats.get(c)) for c in shown]
+        lines.append("| " + " | ".join(cells) + " |")
+    if report.baselines:
+        lines += [
+            "",
+            "Baselines (italics): the untrained backbone (built with the runs' seeds) and the raw normalised pixels, "
+            "with the runs' kNN protocol and a fixed linear budget (docs/ablations.md); `seeds` counts their seeds.",
+        ]
+    hidden = [c for c in report.columns if c not in shown]
+    if hidden:
+        lines += ["", f"{len(hidden)} more metrics in the CSV (`--all` shows them here, `--columns` picks)."]
     lines += ["", "## Columns", ""]
     lines += [f"- `{k}`: config key (varied)" for k in keys]
-    lines += [f"- `{c}`: {_help(c)}" for c in ["seeds", *report.columns]]
+    lines += [f"- `{c}`: {_help(c)}" for c in ["seeds", *shown]]
     if plots:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}]({p.name})" for p in plots]
@@ -483,7 +654,7 @@ def write_markdown(report: Report, path: Path, *, title: str, sources: Sequence[
 def write_csv(report: Report, path: Path) -> None:
     """One row per group: every varied key, seeds, each metric's mean and std, the seeds and run dirs."""
     header = [*report.varied, "seeds"] + [f"{c}_{s}" for c in report.columns for s in ("mean", "std")]
-    header += ["seed_list", "runs"]
+    header += ["seed_list", "runs", "baseline"]
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(header)
@@ -493,7 +664,14 @@ def write_csv(report: Report, path: Path) -> None:
             for column in report.columns:
                 mean, std, _ = row.stats.get(column, (None, None, 0))
                 cells += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
-            cells += [" ".join(str(r.seed) for r in row.runs), " ".join(r.path for r in row.runs)]
+            cells += [" ".join(str(r.seed) for r in row.runs), " ".join(r.path for r in row.runs), ""]
+            writer.writerow(cells)
+        for row in report.baselines:  # reference rows: no key values, the label in the last column
+            cells = [""] * len(report.varied) + [len(row.runs)]
+            for column in report.columns:
+                mean, std, _ = row.stats.get(column, (None, None, 0))
+                cells += ["" if mean is None else repr(mean), "" if std is None else repr(std)]
+            cells += [" ".join(str(r.seed) for r in row.runs), "", row.values["baseline"]]
             writer.writerow(cells)
 
 
@@ -510,7 +688,7 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = [m for m in PLOTTED if m in report.columns]
+    metrics = [m for m in PLOTTED if any(m in run.metrics for run in report.runs)]  # not baselines alone
     if not metrics:
         return False
     others = [k for k in report.plotted if k != key]
@@ -560,6 +738,8 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
                     capsize=3,
                     label=label,
                 )
+        _draw_baselines(ax, report, metric)
+        _zoom(ax)
         if numeric:
             positive = [float(raw[x]) for x in xs if float(raw[x]) > 0]
             if len(positive) == len(xs) and max(positive) / min(positive) >= 20:
@@ -578,8 +758,106 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
     return True
 
 
-def write_report(report: Report, out: Path, name: str, sources: Sequence[str]) -> list[Path]:
-    """Write NAME.md, NAME.csv and NAME_<key>.png (one per independent varied key) under ``out``."""
+#: The metric of a run's validation curve that a baseline's value is comparable with.
+CURVE_BASELINE = {"val/knn_top1": "knn_top1"}
+BASELINE_STYLE = {"random": ":", "raw": "--"}
+
+
+def _draw_baselines(ax: Any, report: Report, metric: str) -> None:
+    """A labelled horizontal line per baseline row that has ``metric``."""
+    for row in report.baselines:
+        if metric in row.stats:
+            label = row.values["baseline"]
+            ax.axhline(
+                row.stats[metric][0],
+                color="grey",
+                linestyle=BASELINE_STYLE.get(label.split()[0].split("-")[0], "-."),
+                linewidth=1.2,
+                label=label,
+            )
+            ax.legend(fontsize="small")
+
+
+def _zoom(ax: Any) -> None:
+    """The y axis over the drawn data (lines, bars, error bars, bands, baselines) with a 10% margin, not 0-1."""
+    import numpy as np
+
+    ys: list[float] = []
+    for line in ax.get_lines():
+        ys += [float(v) for v in np.asarray(line.get_ydata(), dtype=float).ravel()]
+    for patch in ax.patches:  # bars: their tops
+        ys.append(float(patch.get_y() + patch.get_height()))
+    for collection in ax.collections:  # error bars and bands
+        for path in collection.get_paths():
+            ys += [float(v) for v in np.asarray(path.vertices)[:, 1]]
+    ys = [y for y in ys if math.isfinite(y)]
+    if not ys:
+        return
+    low, high = min(ys), max(ys)
+    pad = 0.1 * (high - low) if high > low else max(0.01, 0.05 * abs(high))
+    ax.set_ylim(low - pad, high + pad)
+
+
+def curve_data(report: Report) -> dict[str, dict[str, tuple[list[int], list[float], list[float]]]]:
+    """Per validation metric, per row (label of its varied keys, or ``all runs``): the steps at which some
+    seed logged it, the mean over the seeds that did, and the sample std (0 for one seed)."""
+    out: dict[str, dict[str, tuple[list[int], list[float], list[float]]]] = {}
+    metrics = sorted({m for run in report.runs for m in run.curves})
+    for metric in metrics:
+        for row in report.rows:
+            label = ", ".join(f"{_short(k)}={_show(row.values[k])}" for k in report.plotted) or "all runs"
+            by_step: dict[int, list[float]] = {}
+            for run in row.runs:
+                for step, value in run.curves.get(metric, []):
+                    by_step.setdefault(step, []).append(value)
+            if not by_step:
+                continue
+            steps = sorted(by_step)
+            means = [statistics.fmean(by_step[s]) for s in steps]
+            stds = [statistics.stdev(by_step[s]) if len(by_step[s]) > 1 else 0.0 for s in steps]
+            out.setdefault(metric, {})[label] = (steps, means, stds)
+    return out
+
+
+def plot_curves(report: Report, path: Path) -> dict[str, dict[str, tuple[list[int], list[float], list[float]]]]:
+    """Learning curves: one panel per validation metric, per row a mean line over seeds and a band of +-1
+    std; baselines as horizontal lines. Writes nothing and returns {} when no run has curves."""
+    data = curve_data(report)
+    if not data:
+        return {}
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(data), figsize=(4.5 * len(data) + 1, 3.6), squeeze=False)
+    for ax, (metric, groups) in zip(axes[0], data.items(), strict=True):
+        for label, (steps, means, stds) in groups.items():
+            (line,) = ax.plot(steps, means, marker="." if len(steps) < 30 else None, label=label)
+            if any(stds):
+                low = [m - s for m, s in zip(means, stds, strict=True)]
+                high = [m + s for m, s in zip(means, stds, strict=True)]
+                ax.fill_between(steps, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+        if metric in CURVE_BASELINE:
+            _draw_baselines(ax, report, CURVE_BASELINE[metric])
+        _zoom(ax)
+        ax.set_xlabel("training step")
+        ax.set_ylabel(metric)
+        ax.set_title(metric)
+        ax.grid(alpha=0.3)
+        if len(groups) > 1 or report.baselines:
+            ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return data
+
+
+def write_report(
+    report: Report, out: Path, name: str, sources: Sequence[str], *, columns: Sequence[str] | None = None
+) -> list[Path]:
+    """Write NAME.md (the table of ``columns``: default all), NAME.csv (every metric), NAME_<key>.png (one per
+    independent varied key) and NAME_curves.png (when runs have validation curves) under ``out``."""
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -589,7 +867,9 @@ def write_report(report: Report, out: Path, name: str, sources: Sequence[str]) -
         path = out / f"{name}_{re.sub(r'[^A-Za-z0-9_.-]+', '-', key)}.png"
         if plot_key(report, key, path):
             plots.append(path)
-    write_markdown(report, out / f"{name}.md", title=name, sources=sources, plots=plots)
+    if plot_curves(report, out / f"{name}_curves.png"):
+        plots.append(out / f"{name}_curves.png")
+    write_markdown(report, out / f"{name}.md", title=name, sources=sources, plots=plots, columns=columns)
     write_csv(report, out / f"{name}.csv")
     return [out / f"{name}.md", out / f"{name}.csv", *plots]
 
@@ -602,6 +882,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--wandb-group", help="read the finished runs of this W&B group (online)")
     parser.add_argument("--wandb-project", default="cssl", help="W&B project of --wandb-group")
     parser.add_argument("--wandb-entity", default=None, help="W&B entity of --wandb-group (default: yours)")
+    parser.add_argument("--columns", help="comma-separated metrics of the markdown table (the CSV has all)")
+    parser.add_argument("--all", action="store_true", help="every metric in the markdown table")
+    parser.add_argument("--no-baselines", action="store_true", help="no random-init and raw-pixel rows")
+    parser.add_argument(
+        "--baseline-cache",
+        help="folder of cached baseline results (default: $CSSL_BASELINE_CACHE or ~/.cache/cssl/baselines)",
+    )
     return parser.parse_args(argv)
 
 
@@ -612,14 +899,22 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
         raise ConfigError("give run dirs (python -m cssl.report runs/multirun/<time>) or --wandb-group GROUP")
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", args.name):
         raise ConfigError(f"--name must be a plain file name (letters, digits, _ . -), got {args.name!r}")
+    if args.all and args.columns:
+        raise ConfigError("--all and --columns exclude each other")
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     runs = load_local(args.runs) if args.runs else []
     sources = list(args.runs)
     if args.wandb_group:
         runs += load_wandb(args.wandb_group, project=args.wandb_project, entity=args.wandb_entity)
         sources.append(f"W&B group {args.wandb_group}")
     report = build_report(runs)
+    if not args.no_baselines:
+        from cssl.baselines import default_cache
+
+        add_baselines(report, Path(args.baseline_cache) if args.baseline_cache else default_cache())
+    shown = table_columns(report, columns=columns, everything=args.all)
     default = Path(args.runs[0]) if args.runs and Path(args.runs[0]).is_dir() else Path("reports")
-    written = write_report(report, Path(args.out) if args.out else default, args.name, sources)
+    written = write_report(report, Path(args.out) if args.out else default, args.name, sources, columns=shown)
     print((written[0]).read_text())
     print("wrote " + ", ".join(str(p) for p in written))
     return written

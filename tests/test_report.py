@@ -27,6 +27,13 @@ RUNS = {
 }
 
 
+@pytest.fixture(autouse=True)
+def baseline_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Baselines computed by a test go to its own folder, never to the user's cache."""
+    monkeypatch.setenv("CSSL_BASELINE_CACHE", str(tmp_path / "baseline-cache"))
+    return tmp_path / "baseline-cache"
+
+
 def write_run(folder: Path, *, method: str, estimator: str, tau_plus: float, seed: int, values: tuple) -> Path:
     """A pretraining run dir as train.py writes it (summary.json + config.yaml), by hand."""
     knn, online, loss, pos_sim = values
@@ -95,7 +102,7 @@ def mean_std(a: float, b: float) -> tuple[float, float]:
 
 
 def test_report_table_csv_and_plots(runs: Path, capsys: pytest.CaptureFixture) -> None:
-    written = report.main(["runs", "evals", "--out", "out", "--name", "abl"])
+    written = report.main(["runs", "evals", "--out", "out", "--name", "abl", "--all", "--no-baselines"])
     assert {p.name for p in written} == {"abl.md", "abl.csv", "abl_method.name.png"}
     assert (runs / "out" / "abl_method.name.png").read_bytes()[:8] == PNG
 
@@ -226,6 +233,12 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
             self.config = {"method": {"name": method}, "seed": seed, "run_dir": f"runs/{method}/{seed}", "_wandb": {}}
             self.summary_metrics = {"val/knn_top1": knn, "neg/w": 2.0, "_step": 9, "epoch": 1, "media": {"a": 1}}
 
+        def scan_history(self) -> list:  # W&B's rows: a step key and what was logged then
+            return [
+                {"_step": 0, "trainer/global_step": 5, "train/loss": 1.0},
+                {"trainer/global_step": 10, "val/knn_top1": 0.1},
+            ]
+
     class FakeApi:
         queries: list = []
 
@@ -240,7 +253,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
 
     monkeypatch.setattr("cssl.loggers._reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(wandb, "Api", FakeApi)
-    report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w"])
+    report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w", "--all"])
     assert FakeApi.queries == [("me/cssl", {"group": "sweep_x"})]
     with (tmp_path / "w.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -248,6 +261,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
     assert float(rows[0]["knn_top1_mean"]) == pytest.approx(0.6)
     assert float(rows[0]["knn_top1_std"]) == pytest.approx(0.2 / math.sqrt(2))
     assert rows[0]["neg/w_mean"] == "2.0" and "_step_mean" not in rows[0] and "epoch_mean" not in rows[0]
+    assert (tmp_path / "w_curves.png").read_bytes()[:8] == PNG  # from the mocked histories
 
 
 def test_multirun_writes_one_run_dir_per_job_and_the_report_reads_them(tmp_path: Path) -> None:
@@ -310,3 +324,195 @@ def test_each_multirun_job_gets_its_own_wandb_run(tmp_path: Path, monkeypatch: p
     wandb.finish()
     assert ids[0] != ids[1] and groups == ["multirun_x", "multirun_x"]
     assert all(len(list((tmp_path / job / "wandb").glob("offline-run-*"))) == 1 for job in ("0", "1"))
+
+
+# -- baselines, columns, curves -------------------------------------------------------------------------
+def _flat_runs(tmp_path: Path, specs: dict[tuple[str, str, int], dict[str, float]], backbone: str) -> Path:
+    """Pretraining run dirs (method, estimator, seed) -> final logged metrics, on digits."""
+    for (method, estimator, seed), metrics in specs.items():
+        folder = write_run(
+            tmp_path / "runs" / f"{method}_{estimator}_s{seed}",
+            method=method,
+            estimator=estimator,
+            tau_plus=0.0,
+            seed=seed,
+            values=(metrics.get("knn", 0.5), 0.4, 2.0, 0.3),
+        )
+        config = yaml.safe_load((folder / "config.yaml").read_text())
+        config["backbone"] = backbone
+        (folder / "config.yaml").write_text(yaml.safe_dump(config))
+        summary = json.loads((folder / "summary.json").read_text())
+        summary["metrics"].update({k: v for k, v in metrics.items() if k != "knn"})
+        (folder / "summary.json").write_text(json.dumps(summary))
+    return tmp_path / "runs"
+
+
+def _raw_pixel_knn(k: int = 20, t: float = 0.07) -> float:
+    """Weighted kNN on the flattened normalised digits images, written independently with numpy."""
+    import numpy as np
+
+    from cssl.data.datamodules import build_datamodule
+
+    data = build_datamodule("digits", train_split="labelled", train_transform=None)
+    data.setup()
+
+    def flat(split: str) -> tuple[np.ndarray, np.ndarray]:
+        ds = data.sets[split]
+        x = np.stack([ds[i][0].numpy() for i in range(len(ds))]).astype(np.float64) / 255.0
+        x = ((x - 0.5) / 0.5).reshape(len(ds), -1)  # digits: mean = std = 0.5, already at 32 px
+        return x / np.linalg.norm(x, axis=1, keepdims=True), np.array([int(ds[i][1]) for i in range(len(ds))])
+
+    (bank, bank_y), (query, query_y) = flat("labelled"), flat("val")
+    sim = query @ bank.T
+    top = np.argsort(-sim, axis=1)[:, :k]
+    votes = np.zeros((len(query), 10))
+    for i in range(len(query)):
+        np.add.at(votes[i], bank_y[top[i]], np.exp(sim[i, top[i]] / t))
+    return float((votes.argmax(1) == query_y).mean())
+
+
+def test_report_baselines_computed_once_then_read_from_the_cache(tmp_path: Path) -> None:
+    from cssl import baselines
+
+    runs = _flat_runs(
+        tmp_path, {("simclr", "infonce", 0): {"knn": 0.6}, ("dcl", "dcl", 0): {"knn": 0.7}}, "timm:test_resnet"
+    )
+    cache = tmp_path / "cache"
+    args = [str(runs), "--out", str(tmp_path / "out"), "--name", "b", "--baseline-cache", str(cache)]
+    before = baselines.COMPUTED["count"]
+    report.main(args)
+    assert baselines.COMPUTED["count"] - before == 2  # random init and raw pixels, once for both methods
+    stored = sorted(cache.glob("*.json"))
+    assert len(stored) == 2
+    mtimes = [p.stat().st_mtime_ns for p in stored]
+    first = (tmp_path / "out" / "b.csv").read_text()
+    report.main(args)
+    assert baselines.COMPUTED["count"] - before == 2  # the second report read the cache
+    assert [p.stat().st_mtime_ns for p in stored] == mtimes
+    assert (tmp_path / "out" / "b.csv").read_text() == first
+
+    with (tmp_path / "out" / "b.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["baseline"] for r in rows] == ["", "", "random-init timm:test_resnet", "raw pixels"]
+    raw = rows[3]
+    assert float(raw["knn_top1_mean"]) == pytest.approx(_raw_pixel_knn(), abs=1e-6)
+    assert raw["seeds"] == "1" and raw["method.name"] == "" and raw["seed_list"] == "0"
+    for row in rows[2:]:
+        assert 0.5 < float(row["linear_top1_mean"]) <= float(row["linear_top1_best_mean"]) <= 1.0
+    md = (tmp_path / "out" / "b.md").read_text()
+    assert "| *raw pixels* | 1 |" in md and "| *random-init timm:test_resnet* | 1 |" in md
+    assert "**" + f"{0.7:.4f}" + "**" in md  # the best run in bold, never a baseline
+    assert report.main([*args, "--no-baselines"]) and baselines.COMPUTED["count"] - before == 2
+    assert "raw pixels" not in (tmp_path / "out" / "b.md").read_text()
+
+
+def test_digits_random_init_knn_is_high_and_deterministic() -> None:
+    """The untrained ResNet-18 already separates digits (measured 0.939 at seed 0); same seed, same number."""
+    from cssl import baselines
+
+    config = {"data.name": "digits", "backbone": "resnet18", "seed": 0, "method.knn_k": 20, "method.knn_t": 0.07}
+    spec = baselines.baseline_spec(config, "random_init")
+    values = [baselines.knn_top1(baselines.baseline_features(spec), k=20, temperature=0.07) for _ in range(2)]
+    assert values[0] == values[1]
+    assert 0.92 <= values[0] <= 0.96
+    other = baselines.baseline_spec({**config, "seed": 1}, "random_init")
+    assert baselines.spec_hash(other) != baselines.spec_hash(spec)  # cached per seed
+    assert baselines.spec_hash(baselines.baseline_spec({**config, "data.root": "/x"}, "random_init")) == (
+        baselines.spec_hash(spec)  # where the data lives does not matter
+    )
+
+
+COLUMN_RUNS = {
+    ("simclr", "infonce", 0): {"neg/effective_negatives": 30.0, "neg/pos_sim_mean": 0.9, "val/uniformity": -2.0},
+    ("moco", "infonce", 0): {"neg/queue_age_mean": 5.0, "neg/bank_drift": 0.1, "neg/effective_negatives": 9.0},
+    ("hcl", "hcl", 0): {"neg/hcl_weight_std": 0.4, "neg/hcl_weight_max": 3.0, "neg/effective_negatives": 8.0},
+}
+
+
+def _md_header(path: Path) -> list[str]:
+    line = next(line for line in path.read_text().splitlines() if line.startswith("| method.name"))
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_report_columns_default_selected_and_all(tmp_path: Path) -> None:
+    runs = _flat_runs(tmp_path, COLUMN_RUNS, "resnet18")
+    out = tmp_path / "out"
+    common = [str(runs), "--out", str(out), "--no-baselines", "--name"]
+    report.main([*common, "d"])
+    families = {report.family(r) for r in report.load_local([runs])}
+    assert families == {"in_batch", "queue", "hcl"}
+    default = ["method.name", "seeds", "knn_top1", "online_top1", "train_loss"]
+    diagnostics = ["neg/queue_age_mean", "neg/bank_drift", "neg/hcl_weight_std", "neg/hcl_weight_max"]
+    assert _md_header(out / "d.md") == default + diagnostics + ["neg/effective_negatives"]
+    assert "more metrics in the CSV" in (out / "d.md").read_text()
+
+    report.main([*common, "c", "--columns", "neg/pos_sim_mean,knn_top1"])
+    assert _md_header(out / "c.md") == ["method.name", "seeds", "neg/pos_sim_mean", "knn_top1"]
+    report.main([*common, "a", "--all"])
+    everything = report.build_report(report.load_local([runs])).columns
+    assert _md_header(out / "a.md") == ["method.name", "seeds", *everything]
+    assert "val/uniformity" in everything and "images_per_second" in everything
+    for name in ("d", "c", "a"):  # the CSV always has every metric
+        header = (out / f"{name}.csv").read_text().splitlines()[0].split(",")
+        assert [h[: -len("_mean")] for h in header if h.endswith("_mean")] == everything
+    with pytest.raises(ConfigError, match="--columns: no metric neg/nope"):
+        report.main([*common, "x", "--columns", "knn_top1,neg/nope"])
+    with pytest.raises(ConfigError, match="exclude each other"):
+        report.main([*common, "x", "--columns", "knn_top1", "--all"])
+
+
+def test_family_of_a_method_without_negatives() -> None:
+    run = report.Run("r", {"method.name": "byol"}, {}, metrics={"byol/cos": 0.9, "byol/z_std": 0.1})
+    assert report.family(run) == "no_negatives"
+    assert report.family(report.Run("r", {"method.name": "simclr"}, {}, metrics={})) == "in_batch"
+
+
+def _write_metrics_csv(folder: Path, points: dict[int, float], online: dict[int, float]) -> None:
+    """A Lightning CSVLogger file: one row per logging call, empty cells for what was not logged then."""
+    (folder / "csv").mkdir()
+    with (folder / "csv" / "metrics.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "step", "train/loss", "val/knn_top1", "val/online_top1", "val/embedding"])
+        for step in sorted(points):
+            writer.writerow([0, step - 1, 3.0, "", "", ""])  # a training row
+            writer.writerow([0, step, "", points[step], online.get(step, ""), ""])
+
+
+def test_learning_curves_from_metrics_csv(tmp_path: Path) -> None:
+    curves = {  # (method, seed) -> val/knn_top1 by step; seed 1 of dcl misses step 30
+        ("simclr", 0): {10: 0.2, 20: 0.4, 30: 0.6},
+        ("simclr", 1): {10: 0.4, 20: 0.5, 30: 0.7},
+        ("dcl", 0): {10: 0.1, 20: 0.3, 30: 0.5},
+        ("dcl", 1): {10: 0.3, 20: 0.2},
+    }
+    specs = {(m, "infonce" if m == "simclr" else "dcl", s): {} for m, s in curves}
+    runs = _flat_runs(tmp_path, specs, "resnet18")
+    for (method, seed), points in curves.items():
+        estimator = "infonce" if method == "simclr" else "dcl"
+        _write_metrics_csv(runs / f"{method}_{estimator}_s{seed}", points, {20: 0.1 * seed})
+    result = report.build_report(report.load_local([runs]))
+    assert result.rows[0].runs[0].curves["val/knn_top1"] == [(10, 0.1), (20, 0.3), (30, 0.5)]
+    data = report.plot_curves(result, tmp_path / "curves.png")
+    assert (tmp_path / "curves.png").read_bytes()[:8] == PNG
+    assert set(data) == {"val/knn_top1", "val/online_top1"}  # val/embedding has no numbers
+    for (method, _), _points in curves.items():
+        steps, means, stds = data["val/knn_top1"][f"method={method}"]
+        by_step: dict[int, list[float]] = {}
+        for (m, _s), pts in curves.items():
+            if m == method:
+                for step, value in pts.items():
+                    by_step.setdefault(step, []).append(value)
+        assert steps == sorted(by_step)
+        for step, mean, std in zip(steps, means, stds, strict=True):
+            values = by_step[step]
+            expected = sum(values) / len(values)
+            spread = math.sqrt(sum((v - expected) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0
+            assert mean == pytest.approx(expected) and std == pytest.approx(spread)
+    assert data["val/online_top1"]["method=simclr"] == (
+        [20],
+        [pytest.approx(0.05)],
+        [pytest.approx(0.1 / math.sqrt(2))],
+    )
+    written = report.main([str(runs), "--out", str(tmp_path / "out"), "--no-baselines"])
+    assert tmp_path / "out" / "report_curves.png" in written
+    assert "![report_curves](report_curves.png)" in (tmp_path / "out" / "report.md").read_text()
