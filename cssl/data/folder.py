@@ -147,6 +147,11 @@ class FolderViews(Dataset):
     "device_jpeg": bool, "path": str}`` for :func:`cssl.data.views.decode_on_device`. ``skipped`` counts the
     unreadable files replaced to make this item (0 almost always).
 
+    An index may come with its own seed, ``(index, seed)`` (as :class:`cssl.data.resumable.ResumableSampler`
+    deals them, a function of the run's seed, the epoch and the index): the crop boxes are then drawn from a
+    generator seeded with it, so that they do not depend on which worker makes the item or on where a
+    resumed run restarted its workers. A plain index draws from the worker's global generator.
+
     Args:
         samples: (path, label) pairs.
         views: the views of the recipe.
@@ -169,24 +174,30 @@ class FolderViews(Dataset):
             skip_bad_images,
         )
 
+    seeded_draws = True  # the resumable sampler deals (index, seed) pairs to this dataset
+
     def __len__(self) -> int:
         return len(self.samples)
 
-    def _item(self, path: str) -> Any:
+    def _item(self, path: str, generator: torch.Generator | None) -> Any:
         data = _read(path)
         if self.decode == "cpu":
-            return decode_views(data, self.views)
+            return decode_views(data, self.views, generator)
         header = Image.open(io.BytesIO(data))  # reads the header only
         width, height = header.size
-        boxes = torch.tensor(sample_boxes(height, width, self.views), dtype=torch.long)  # (V, 4)
+        boxes = torch.tensor(sample_boxes(height, width, self.views, generator), dtype=torch.long)  # (V, 4)
         device_jpeg = header.format == "JPEG" and header.mode == "RGB"  # CMYK, grayscale, PNG: CPU decoder
         return {"data": data, "boxes": boxes, "device_jpeg": device_jpeg, "path": path}
 
-    def __getitem__(self, index: int) -> tuple[Any, int, int]:
+    def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, int, int]:
+        generator = None
+        if isinstance(index, tuple):
+            index, seed = index
+            generator = torch.Generator().manual_seed(seed)
         for k in range(MAX_TRIES):
             path, label = self.samples[(index + k) % len(self.samples)]
             try:
-                return self._item(path), label, k
+                return self._item(path, generator), label, k
             except UNREADABLE as err:
                 _bad(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images could not be read (last: {path})")

@@ -28,18 +28,35 @@ class ResumableSampler(DistributedSampler):
     Used on one process too (``num_replicas=1``), so that the order of an epoch depends only on
     ``(seed, epoch)`` and not on the state of the global generator when the epoch began. Lightning leaves a
     DistributedSampler in place under DDP and calls :meth:`set_epoch` before each epoch.
+
+    With ``seeded_draws`` it deals ``(index, seed)`` pairs, the seed a function of (seed, epoch, index) alone,
+    for datasets that draw random numbers per item on the loader workers (an image folder's crop boxes): their
+    draws then survive a resume too, whatever the workers' state.
     """
 
-    def __init__(self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, epoch: int = 0) -> None:
+    def __init__(
+        self, dataset: Dataset, *, num_replicas: int, rank: int, seed: int, epoch: int = 0, seeded_draws: bool = False
+    ) -> None:
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True, seed=seed)
         self.epoch = epoch
         self.resume_epoch, self.start = epoch, 0  # on resume: samples of resume_epoch to skip, once
+        self.seeded_draws = seeded_draws
 
-    def __iter__(self) -> Iterator[int]:
+    def __iter__(self) -> Iterator[int] | Iterator[tuple[int, int]]:
         indices = list(super().__iter__())
         start = self.start if self.epoch == self.resume_epoch else 0
         self.start = 0
+        if self.seeded_draws:
+            return iter([(i, draw_seed(self.seed, self.epoch, i)) for i in indices[start:]])
         return iter(indices[start:])
+
+
+def draw_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one item's random draws in one epoch (a 63-bit mix of the three; no global state)."""
+    x = (seed * 0x9E3779B97F4A7C15 + epoch * 0xBF58476D1CE4E5B9 + index * 0x94D049BB133111EB) % 2**64
+    x ^= x >> 31
+    x = (x * 0xD6E8FEB86659FD93) % 2**64
+    return (x ^ (x >> 29)) % 2**63
 
 
 def train_position(trainer: pl.Trainer | None) -> dict[str, int]:
@@ -64,7 +81,8 @@ def resumed_sampler(
     epoch (the global order is the same permutation, dealt out to more or fewer ranks); the batches then
     differ from the interrupted run's, so the result is no longer the same to the bit.
     """
-    sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed)
+    seeded = bool(getattr(dataset, "seeded_draws", False))
+    sampler = ResumableSampler(dataset, num_replicas=num_replicas, rank=rank, seed=seed, seeded_draws=seeded)
     if position:
         sampler.epoch = sampler.resume_epoch = int(position["epoch"])
         done = int(position["batches"]) * batch_size * int(position.get("processes", num_replicas))  # images

@@ -189,3 +189,40 @@ def test_skip_bad_images_false_stops_the_run_naming_the_file(folder, tmp_path):
     code, stderr = run_inprocess("train", [*cli_args(folder, tmp_path / "run"), "data.skip_bad_images=false"])
     assert code == 2 and len(stderr.strip().splitlines()) == 1
     assert "data.skip_bad_images=false: could not read" in stderr and ("cat/d.jpg" in stderr or "zebra/c.jpg" in stderr)
+
+
+@pytest.mark.parametrize("decode", ["cpu", "gpu"])
+def test_crop_draws_follow_the_dealt_seed_and_survive_a_mid_epoch_resume(tmp_path, decode):
+    from PIL import Image
+
+    from cssl.data.resumable import ResumableSampler, draw_seed, resumed_sampler
+
+    noise = torch.randint(0, 256, (48, 80, 3), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    samples = []
+    for i in range(8):
+        path = tmp_path / f"{i}.jpg"
+        Image.fromarray(noise.roll(7 * i, dims=1).numpy()).save(path, quality=95)
+        samples.append((str(path), i % 2))
+    dataset = FolderViews(samples, [ViewSpec(16, (0.08, 1.0)), ViewSpec(8, (0.05, 0.3))], decode=decode)
+
+    def item(key):
+        views = dataset[key][0]
+        return views["boxes"] if decode == "gpu" else torch.cat([v.flatten() for v in views])
+
+    torch.manual_seed(0)
+    first = item((3, 1234))
+    torch.manual_seed(99)  # the worker's global state does not matter
+    assert torch.equal(item((3, 1234)), first)
+    assert any(not torch.equal(item((3, s)), first) for s in (1, 2, 3))  # the seed does
+    # the sampler deals (index, seed) pairs to such a dataset; a resumed epoch deals the same tail
+    full = resumed_sampler(dataset, {}, batch_size=2, num_replicas=1, rank=0, seed=5)
+    assert isinstance(full, ResumableSampler) and full.seeded_draws
+    full.set_epoch(2)
+    pairs = list(full)
+    assert all(seed == draw_seed(5, 2, i) for i, seed in pairs)
+    resumed = resumed_sampler(
+        dataset, {"epoch": 2, "batches": 2, "processes": 1}, batch_size=2, num_replicas=1, rank=0, seed=5
+    )
+    assert list(resumed) == pairs[4:]
+    full.set_epoch(3)
+    assert [s for _, s in full] != [draw_seed(5, 2, i) for i, _ in full]  # a new epoch, new draws
