@@ -230,7 +230,9 @@ class AdCo(MomentumMethod):
             if column >= self.bank.size:
                 break
         with torch.no_grad():
-            for key_param, param in zip(self.key_encoder.encoder.parameters(), self._online().parameters(), strict=True):
+            for key_param, param in zip(
+                self.key_encoder.encoder.parameters(), self._online().parameters(), strict=True
+            ):
                 key_param.copy_(param)
         self.bank.initialised.fill_(True)
         return steps
