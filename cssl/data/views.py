@@ -83,6 +83,7 @@ def _log_ratio(low: float, high: float) -> Tensor:
 def sample_boxes(
     height: int, width: int, views: Sequence[ViewSpec], generator: torch.Generator | None = None
 ) -> list[Box]:
+    """One box per view (each with its own scale and ratio range), drawn in order from the same source."""
     return [sample_box(height, width, v.scale, v.ratio, generator) for v in views]
 
 
