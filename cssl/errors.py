@@ -28,3 +28,7 @@ def check_unit_interval(name: str, value: float, *, closed_right: bool = False) 
 
 def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl.errors import ConfigError, check
+from cssl.errors import ConfigError, _is_int, _is_number, check
 
 FNC_MODES = ("none", "eliminate", "attract")
 AGGREGATIONS = ("max", "mean")
@@ -350,11 +350,3 @@ def check_curriculum(curriculum: str, end: float) -> None:
     if curriculum not in CURRICULA:
         raise ConfigError(f"method.curriculum must be one of {', '.join(CURRICULA)}, got {curriculum!r}")
     check(_is_number(end) and 0 < end <= 1, f"method.curriculum_end must be in (0, 1], got {end!r}")
-
-
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

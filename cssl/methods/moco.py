@@ -18,14 +18,10 @@ from torch import Tensor
 from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.contrastive.negatives import ease
-from cssl.errors import check
+from cssl.errors import _is_int, check
 from cssl.methods.momentum import MomentumMethod
 
 QUEUE_SIZE = 65536  # MoCo's ImageNet default
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 class MoCo(MomentumMethod):
