@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import io
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -39,6 +38,7 @@ from torchvision import transforms as T
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.common import median_seconds  # noqa: E402
 from cssl.data import build_datamodule  # noqa: E402
 from cssl.data.folder import FolderViews  # noqa: E402
 from cssl.data.views import ViewSpec, decode_views  # noqa: E402
@@ -91,13 +91,7 @@ def images_per_second(get: Callable[[int], object], count: int, repeats: int) ->
         for i in range(count):
             get(i)
 
-    epoch()
-    times = []
-    for _ in range(repeats):
-        start = time.thread_time()
-        epoch()
-        times.append(time.thread_time() - start)
-    return count / statistics.median(times)
+    return count / median_seconds(epoch, repeats, clock=time.thread_time)
 
 
 def coverage(draws: int, seed: int = 0) -> tuple[float, float]:
