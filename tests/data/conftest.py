@@ -67,6 +67,14 @@ def specs(data_root: Path) -> dict[str, Spec]:
     common = {"root": str(data_root), "verify_checksums": False}
     return {
         "digits": Spec({}, {"pretrain": 1437, "labelled": 1437, "val": 360}, 32, 32, 10, 5),
+        "lab": Spec(
+            {"root": str(data_root), "train_size": 300, "val_size": 100},
+            {"pretrain": 300, "labelled": 300, "val": 100},
+            32,
+            32,
+            10,
+            7,
+        ),
         "cifar10": Spec(common, {"pretrain": 32, "labelled": 32, "val": 16}, 32, 32, 10, 5, _cifar10_expected()),
         "cifar100": Spec(common, {"pretrain": 40, "labelled": 40, "val": 20}, 32, 32, 100, 3, _cifar100_expected()),
         "stl10": Spec(common, {"pretrain": 32, "labelled": 20, "val": 10}, 96, 96, 10, 5, _stl10_expected()),
