@@ -239,7 +239,7 @@ def eval_command(recipe: Recipe) -> str | None:
     parts = ["python linear_eval.py ckpt=RUN_DIR", f"protocol={recipe.protocol}"]
     if "data.name" in values:
         parts.append(f"data={values['data.name']}")
-        if values["data.name"] != "digits":  # embedded, no files
+        if values["data.name"] not in ("digits", "lab"):  # embedded or generated, no files
             parts.append("data.root=DATA")
     for key in ("data.mean", "data.std"):
         if key in values:
