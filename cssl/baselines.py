@@ -66,7 +66,12 @@ def baseline_spec(config: Mapping[str, Any], kind: str) -> dict[str, Any] | None
         return None
     if name not in DATASETS:
         raise ConfigError(f"baselines: unknown dataset {name!r} in a run's config; pass --no-baselines")
-    accepted = set(inspect.signature(DATASETS[name].__init__).parameters)
+    accepted = {  # the keyword arguments of the module and of the classes it passes **kwargs on to
+        parameter
+        for cls in DATASETS[name].__mro__
+        if "__init__" in vars(cls)
+        for parameter in inspect.signature(cls.__init__).parameters
+    }
     data = {
         key[len("data.") :]: value
         for key, value in sorted(config.items())
@@ -159,16 +164,31 @@ def _linear(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classe
     return {"linear_top1": float(result["top1_last"]), "linear_top1_best": float(result["top1_best"])}
 
 
-def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> dict[str, Any]:
-    """The features of a baseline (``random_init`` or ``raw_pixels``) on the held-out, labelled and kNN-bank
-    images, each a ((N, F) features, (N,) labels) pair, and ``num_classes``."""
-    import pytorch_lightning as pl
-
+def baseline_data(spec: Mapping[str, Any], *, root: str | None = None) -> Any:
+    """The checked data module of a spec, with its evaluation transform."""
     from cssl.app import eval_transform
-    from cssl.backbones import build_backbone
 
     data = _data(spec, root)
     data.eval_transform = eval_transform(data)
+    return data
+
+
+def encoder_features(encode: nn.Module, data: Any) -> dict[str, Any]:
+    """The features of ``encode`` on the held-out, labelled and kNN-bank images of ``data`` (a module from
+    :func:`baseline_data`), each a ((N, F) features, (N,) labels) pair, and ``num_classes``."""
+    held_out = _features(encode, data, data.sets["val"])
+    labelled = _features(encode, data, data.sets["labelled"])
+    bank = labelled if data.bank_limit is None else _features(encode, data, data.bank_dataset())
+    return {"held_out": held_out, "labelled": labelled, "bank": bank, "num_classes": data.num_classes}
+
+
+def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> dict[str, Any]:
+    """The features of a baseline (``random_init`` or ``raw_pixels``): see :func:`encoder_features`."""
+    import pytorch_lightning as pl
+
+    from cssl.backbones import build_backbone
+
+    data = baseline_data(spec, root=root)
     encode: nn.Module
     if spec["kind"] == "random_init":
         stem = data.default_cifar_stem if spec["cifar_stem"] is None else bool(spec["cifar_stem"])
@@ -178,10 +198,7 @@ def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> di
         ).eval()
     else:
         encode = nn.Identity()
-    held_out = _features(encode, data, data.sets["val"])
-    labelled = _features(encode, data, data.sets["labelled"])
-    bank = labelled if data.bank_limit is None else _features(encode, data, data.bank_dataset())
-    return {"held_out": held_out, "labelled": labelled, "bank": bank, "num_classes": data.num_classes}
+    return encoder_features(encode, data)
 
 
 def knn_top1(features: Mapping[str, Any], *, k: int, temperature: float) -> float:
@@ -195,13 +212,18 @@ def knn_top1(features: Mapping[str, Any], *, k: int, temperature: float) -> floa
     return float((scores.argmax(1) == query_y).float().mean())
 
 
+def evaluate_features(features: Mapping[str, Any], *, k: int, temperature: float, seed: int) -> dict[str, float]:
+    """``knn_top1``, ``linear_top1`` and ``linear_top1_best`` of features from :func:`encoder_features`."""
+    knn = knn_top1(features, k=k, temperature=temperature)
+    linear = _linear(features["labelled"], features["held_out"], features["num_classes"], seed)
+    return {"knn_top1": knn, **linear}
+
+
 def compute_baseline(spec: Mapping[str, Any], *, root: str | None = None) -> dict[str, float]:
     """``knn_top1``, ``linear_top1`` and ``linear_top1_best`` of one baseline (see the module docstring)."""
     COMPUTED["count"] += 1
     feats = baseline_features(spec, root=root)
-    knn = knn_top1(feats, k=int(spec["knn_k"]), temperature=float(spec["knn_t"]))
-    linear = _linear(feats["labelled"], feats["held_out"], feats["num_classes"], int(spec["seed"]))
-    return {"knn_top1": knn, **linear}
+    return evaluate_features(feats, k=int(spec["knn_k"]), temperature=float(spec["knn_t"]), seed=int(spec["seed"]))
 
 
 def baseline(spec: Mapping[str, Any], cache: Path | None, *, root: str | None = None) -> dict[str, float]:
