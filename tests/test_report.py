@@ -516,3 +516,13 @@ def test_learning_curves_from_metrics_csv(tmp_path: Path) -> None:
     written = report.main([str(runs), "--out", str(tmp_path / "out"), "--no-baselines"])
     assert tmp_path / "out" / "report_curves.png" in written
     assert "![report_curves](report_curves.png)" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_baseline_spec_keeps_the_options_a_data_module_passes_on_to_its_base_class():
+    """lab takes its own options and hands the rest (image_size, ...) to ImageDataModule through **kwargs."""
+    from cssl import baselines
+
+    config = {"data.name": "lab", "data.image_size": 48, "data.train_size": 300, "data.batch_size": 64, "seed": 0}
+    options = baselines.baseline_spec(config, "raw_pixels")["data_options"]
+    assert options["image_size"] == 48 and options["train_size"] == 300
+    assert "batch_size" not in options  # does not change the images
