@@ -47,3 +47,10 @@ def test_loader_bench_quick(capsys):
         assert float(rows[name][0]) > 0, name
     # the coverage figure is a seeded count, not a timing: views from the original reach the outer quarters
     assert float(rows["cut from the original"][0]) >= 0.25 and float(rows["from the old square"][0]) == 0
+
+
+def test_guards_bench_quick(capsys, tmp_path):
+    out = run_quick("guards", capsys, "--methods", "simclr", "--root", str(tmp_path))
+    (row,) = [line.split() for line in out.splitlines() if line.startswith("simclr   ")][:1]
+    assert row[1] == "0" and 0 <= float(row[2]) <= 1 and 0 <= float(row[3]) <= 1
+    assert "margin in use" in out
