@@ -271,19 +271,26 @@ class DigitsDataModule(ImageDataModule):
         return False
 
     def load(self) -> dict[str, Dataset]:
-        from sklearn.datasets import load_digits
-        from sklearn.model_selection import train_test_split
+        def upsampled(images: Tensor) -> Tensor:
+            images = torch.nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear")
+            return images.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
 
-        digits = load_digits()
-        images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)  # (N, 1, 8, 8) in [0, 1]
-        images = torch.nn.functional.interpolate(images, size=(self.image_size, self.image_size), mode="bilinear")
-        images = images.clamp(0, 1).mul(255).round().to(torch.uint8).expand(-1, 3, -1, -1).contiguous()
-        labels = torch.from_numpy(digits.target).long()
-        train_idx, val_idx = train_test_split(
-            np.arange(len(labels)), test_size=0.2, random_state=0, stratify=digits.target
-        )
-        train = ArrayDataset(images[train_idx], labels[train_idx])
-        return {"pretrain": train, "labelled": train, "val": ArrayDataset(images[val_idx], labels[val_idx])}
+        (train_images, train_labels), (val_images, val_labels) = digits_split()
+        train = ArrayDataset(upsampled(train_images), train_labels)
+        return {"pretrain": train, "labelled": train, "val": ArrayDataset(upsampled(val_images), val_labels)}
+
+
+def digits_split() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
+    """scikit-learn's 8x8 digits ((M, 1, 8, 8) in [0, 1], (M,) labels) of the fixed stratified 80/20 split
+    (1437 train / 360 held-out), shared by ``data=digits`` and the lab dataset's generator."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    digits = load_digits()
+    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
+    labels = torch.from_numpy(digits.target).long()
+    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=digits.target)
+    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
 
 
 class LabDataModule(ImageDataModule):
@@ -318,7 +325,7 @@ class LabDataModule(ImageDataModule):
             glyph_scale=glyph_scale,
             min_contrast=min_contrast,
             rotation=rotation,
-            image_size=self.native_size,
+            image_size=self.image_size,  # drawn at the size asked for, not resampled
         )
 
     @property
@@ -329,19 +336,8 @@ class LabDataModule(ImageDataModule):
         from cssl.data.lab import load_or_generate
 
         data = load_or_generate(self.root, self.options)
-        images = {k: data[f"{k}_images"] for k in ("train", "val")}
-        if self.image_size != self.native_size:
-            images = {
-                k: torch.nn.functional.interpolate(
-                    v.float(), size=(self.image_size,) * 2, mode="bilinear", antialias=True
-                )
-                .round()
-                .clamp(0, 255)
-                .to(torch.uint8)
-                for k, v in images.items()
-            }
-        train = ArrayDataset(images["train"], data["train_labels"])
-        return {"pretrain": train, "labelled": train, "val": ArrayDataset(images["val"], data["val_labels"])}
+        train = ArrayDataset(data["train_images"], data["train_labels"])
+        return {"pretrain": train, "labelled": train, "val": ArrayDataset(data["val_images"], data["val_labels"])}
 
 
 def _checked_labels(labels: Tensor, module: ImageDataModule, *, unlabelled_ok: bool = False) -> Tensor:

@@ -108,7 +108,8 @@ def test_bad_options_are_one_line_errors_before_any_work(key, value, word, tmp_p
     assert not (tmp_path / "lab").exists()
 
 
-def test_other_image_sizes_resample_the_generated_images(tmp_path):
+def test_other_image_sizes_draw_the_images_at_that_size(tmp_path):
     dm = build_datamodule("lab", root=str(tmp_path), train_size=20, val_size=10, image_size=48, batch_size=4)
     dm.check()
     assert dm.sets["val"][0][0].shape == (3, 48, 48)
+    assert dm.options["image_size"] == 48  # part of the cache key: another size is another file
