@@ -164,18 +164,9 @@ def _linear(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classe
     return {"linear_top1": float(result["top1_last"]), "linear_top1_best": float(result["top1_best"])}
 
 
-def baseline_data(spec: Mapping[str, Any], *, root: str | None = None) -> Any:
-    """The checked data module of a spec, with its evaluation transform."""
-    from cssl.app import eval_transform
-
-    data = _data(spec, root)
-    data.eval_transform = eval_transform(data)
-    return data
-
-
 def encoder_features(encode: nn.Module, data: Any) -> dict[str, Any]:
-    """The features of ``encode`` on the held-out, labelled and kNN-bank images of ``data`` (a module from
-    :func:`baseline_data`), each a ((N, F) features, (N,) labels) pair, and ``num_classes``."""
+    """The features of ``encode`` on the held-out, labelled and kNN-bank images of ``data`` (a checked data
+    module with its evaluation transform), each a ((N, F) features, (N,) labels) pair, and ``num_classes``."""
     held_out = _features(encode, data, data.sets["val"])
     labelled = _features(encode, data, data.sets["labelled"])
     bank = labelled if data.bank_limit is None else _features(encode, data, data.bank_dataset())
@@ -186,9 +177,11 @@ def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> di
     """The features of a baseline (``random_init`` or ``raw_pixels``): see :func:`encoder_features`."""
     import pytorch_lightning as pl
 
+    from cssl.app import eval_transform
     from cssl.backbones import build_backbone
 
-    data = baseline_data(spec, root=root)
+    data = _data(spec, root)
+    data.eval_transform = eval_transform(data)
     encode: nn.Module
     if spec["kind"] == "random_init":
         stem = data.default_cifar_stem if spec["cifar_stem"] is None else bool(spec["cifar_stem"])

@@ -70,7 +70,6 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     from cssl.linear import load_backbone
     from cssl.pretrain import build_method, pretrain
     from cssl.recipes import _compose
-    from cssl.report import flatten
 
     cfg = _compose("train", guard_overrides(method, seed, run_dir, root, extra))
     pretrain(cfg)
@@ -83,13 +82,11 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     untrained_backbone = build_method(cfg, data.num_classes, data.batch_size, stem).backbone
 
-    spec = baselines.baseline_spec(flatten(app.plain(cfg)), "random_init")
-    probe_data = baselines.baseline_data(spec, root=str(root))
-    results = {
+    data.eval_transform = app.eval_transform(data)  # the probe's features: the run's evaluation images
+    probes = {
         name: baselines.evaluate_features(
-            baselines.encoder_features(backbone.eval(), probe_data), k=20, temperature=0.07, seed=seed
+            baselines.encoder_features(backbone.eval(), data), k=20, temperature=0.07, seed=seed
         )
         for name, backbone in (("trained", trained_backbone), ("untrained", untrained_backbone))
     }
-    results["gain"] = results["trained"]["linear_top1"] - results["untrained"]["linear_top1"]  # type: ignore[assignment]
-    return results
+    return {**probes, "gain": probes["trained"]["linear_top1"] - probes["untrained"]["linear_top1"]}
