@@ -158,6 +158,66 @@ def test_target_is_the_ema_of_backbone_and_projector_once_per_optimiser_step():
     model._trainer = None
 
 
+def test_training_through_lightning_equals_the_papers_loop_written_out():
+    """Three steps of cssl's BYOL under a Lightning Trainer (its optimiser groups, schedule and hooks) leave
+    every weight where a plain loop of the paper's steps leaves it: per-view forwards, the symmetric loss, SGD
+    with momentum and weight decay on the online backbone, projector and predictor (not on biases or norms),
+    then the EMA of the target with tau_k of the cosine schedule, after each optimiser step."""
+    import copy
+
+    import pytorch_lightning as pl
+
+    steps, lr, wd, base_tau = 3, 0.5, 1e-3, 0.9
+    torch.manual_seed(0)
+    optim = OptimSettings(
+        name="sgd", lr=lr, weight_decay=wd, momentum=0.9, warmup_epochs=0, scale_lr=False, min_lr_ratio=1.0
+    )
+    options = {"proj_hidden_dim": 16, "proj_output_dim": 4, "pred_hidden_dim": 12, "momentum": base_tau}
+    model = BYOL(TinyNet(), num_classes=3, batch_size=B, optim=optim, key_bn="none", **options)
+    online = nn.ModuleDict({"backbone": model.backbone, "projector": model.projector, "predictor": model.predictor})
+    ref, target = copy.deepcopy(online), copy.deepcopy(model.key_encoder.encoder)
+    initial = {n: t.clone() for n, t in ref.state_dict().items() if t.is_floating_point()}
+    batches = [(views(seed), torch.zeros(B, dtype=torch.long)) for seed in range(1, steps + 1)]
+
+    trainer = pl.Trainer(
+        max_steps=steps,
+        accelerator="cpu",
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    trainer.fit(model, train_dataloaders=torch.utils.data.DataLoader(batches, batch_size=None))
+
+    params = list(ref.parameters())
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    sgd = torch.optim.SGD([{"params": decay, "weight_decay": wd}, {"params": no_decay}], lr=lr, momentum=0.9)
+    for k, (v, _) in enumerate(batches):
+        p = [ref["predictor"](ref["projector"](ref["backbone"](x))) for x in v]
+        with torch.no_grad():
+            z = [target(x) for x in v]
+        loss = sum((2 - 2 * nn.functional.cosine_similarity(p[i], z[1 - i], dim=1)).mean() for i in (0, 1))
+        sgd.zero_grad()
+        loss.backward()
+        sgd.step()
+        tau = 1 - (1 - base_tau) * (math.cos(math.pi * k / steps) + 1) / 2
+        with torch.no_grad():
+            online_params = [*ref["backbone"].parameters(), *ref["projector"].parameters()]
+            for t, q in zip(target.parameters(), online_params, strict=True):
+                t.mul_(tau).add_(q, alpha=1 - tau)
+
+    got = {**online.state_dict(), **{"target." + n: t for n, t in model.key_encoder.encoder.state_dict().items()}}
+    want = {**ref.state_dict(), **{"target." + n: t for n, t in target.state_dict().items()}}
+    assert got.keys() == want.keys()
+    for name in want:
+        assert torch.allclose(got[name].float(), want[name].float(), atol=1e-5), name
+    # the weights moved, so the comparison is not one of untouched initial values (a bias feeding a BN layer
+    # gets no gradient and may stay)
+    still = [n for n, t in initial.items() if torch.allclose(want[n], t) and not n.endswith("bias")]
+    assert not still, f"did not move: {still}"
+
+
 def test_projection_std_sees_collapse():
     torch.manual_seed(0)
     z = torch.randn(2, 4096, 256)
