@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -76,3 +77,8 @@ def run_inprocess(entry: str, overrides: list[str]) -> tuple[int, str]:
         except SystemExit as exc:
             code = int(exc.code or 0)
     return code, err.getvalue()
+
+
+def same(out: torch.Tensor, want: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
+    """(B,) bool: which images of ``out`` equal those of ``want`` (within ``atol``)."""
+    return (out - want).flatten(1).abs().amax(dim=1) <= atol

@@ -21,6 +21,7 @@ from cssl.data.augment import (
     sample_crop_boxes,
 )
 from cssl.errors import ConfigError
+from tests.conftest import same
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
@@ -32,11 +33,6 @@ def batch(b: int = 8, h: int = 40, w: int = 50, seed: int = 0) -> torch.Tensor:
 
 def unnormalise(x: torch.Tensor) -> torch.Tensor:
     return x * torch.tensor(STD).view(1, 3, 1, 1) + torch.tensor(MEAN).view(1, 3, 1, 1)
-
-
-def same(out: torch.Tensor, want: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
-    """(B,) bool: which images of ``out`` equal those of ``want`` (within ``atol``)."""
-    return (out - want).flatten(1).abs().amax(dim=1) <= atol
 
 
 def plain_view(size: int, **kwargs) -> ViewAugment:
