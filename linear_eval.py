@@ -7,14 +7,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cssl import cli
+from cssl.runtime import cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(config_path="configs", config_name="linear_eval", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from cssl.linear import linear_eval
+    from cssl.evaluate import linear_eval
 
     cli.guard(lambda: linear_eval(cfg))
 

@@ -6,14 +6,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cssl import cli
+from cssl.runtime import cli
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from cssl.launch import check_launch
+    from cssl.runtime.launch import check_launch
 
     trainer = cfg.trainer  # a bad launch stops here, in seconds, before the heavy imports
     cli.guard(lambda: check_launch(trainer.get("devices"), trainer.get("num_nodes"), str(trainer.get("accelerator"))))

@@ -22,8 +22,8 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import median_seconds  # noqa: E402
-from cssl.backbones import build_backbone  # noqa: E402
 from cssl.contrastive import AdversarialBank, QueuePool, mochi_negatives  # noqa: E402
+from cssl.models.backbones import build_backbone  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -30,9 +30,9 @@ from torch.utils.data import DataLoader, Dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cssl.backbones import build_backbone  # noqa: E402
 from cssl.methods import METHODS  # noqa: E402
-from cssl.optim import OptimSettings  # noqa: E402
+from cssl.models.backbones import build_backbone  # noqa: E402
+from cssl.models.optim import OptimSettings  # noqa: E402
 
 OPTIONS = {  # small pools for a CPU run; the per-step work of the loss scales with them
     "moco": {"queue_size": 4096},

@@ -10,7 +10,7 @@ through the data's evaluation transform. The baselines compute exactly that with
   seeding with the run's ``seed``, in eval mode, never trained;
 - ``raw_pixels``: the normalised evaluation images flattened.
 
-The linear baseline is cssl's :class:`~cssl.eval.linear.LinearProbe` (affine-free BN then a linear layer,
+The linear baseline is cssl's :class:`~cssl.eval.probe.LinearProbe` (affine-free BN then a linear layer,
 SGD 0.1 x batch/256, momentum 0.9, no weight decay, cosine: configs/linear_eval.yaml's default protocol) with
 a fixed small budget (:data:`LINEAR_BUDGET`: 30 epochs, validated every 10, batch 256) trained on the
 features of the un-augmented labelled images, computed once (cheap: no backbone in the loop, seconds on a CPU
@@ -37,7 +37,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 #: Bump when the computation changes: old cache entries are then not reused.
 VERSION = 1
@@ -126,8 +126,8 @@ def _linear(train: tuple[Tensor, Tensor], val: tuple[Tensor, Tensor], num_classe
     """cssl's LinearProbe on precomputed features, :data:`LINEAR_BUDGET`; last and best held-out top-1."""
     import pytorch_lightning as pl
 
-    from cssl.eval.linear import LinearProbe, last_and_best
-    from cssl.optim import OptimSettings
+    from cssl.eval.probe import LinearProbe, last_and_best
+    from cssl.models.optim import OptimSettings
 
     budget = LINEAR_BUDGET
     identity = nn.Identity()
@@ -177,8 +177,8 @@ def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> di
     """The features of a baseline (``random_init`` or ``raw_pixels``): see :func:`encoder_features`."""
     import pytorch_lightning as pl
 
-    from cssl.app import eval_transform
-    from cssl.backbones import build_backbone
+    from cssl.models.backbones import build_backbone
+    from cssl.runtime.run import eval_transform
 
     data = _data(spec, root)
     data.eval_transform = eval_transform(data)

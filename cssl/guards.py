@@ -7,7 +7,7 @@ like. A run's untrained backbone is built exactly as ``pretrain`` builds it for 
 differ only by the training.
 
 ``tests/test_learning.py`` asserts ``trained >= untrained + MARGIN`` for every registered method and for every
-estimator on the in-batch pool; ``python bench/guards.py`` measures the gains over seeds, which is where
+estimator on the in-batch pool; ``python bench/guard_gains.py`` measures the gains over seeds, which is where
 :data:`MARGIN` comes from (docs/datasets/lab.md, "Learning guards").
 """
 
@@ -67,10 +67,11 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     ``{"trained": {...}, "untrained": {...}, "gain": trained - untrained linear top-1}``."""
     import pytorch_lightning as pl
 
-    from cssl import app, baselines
-    from cssl.linear import load_backbone
+    from cssl import baselines
+    from cssl.evaluate import load_backbone
     from cssl.pretrain import build_method, pretrain
     from cssl.recipes import _compose
+    from cssl.runtime import run
 
     cfg = _compose("train", guard_overrides(method, seed, run_dir, root, extra))
     pretrain(cfg)
@@ -78,12 +79,12 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
 
     # the untrained backbone of the same run: seeded and built as pretrain builds it
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    data = app.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()
     stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     untrained_backbone = build_method(cfg, data.num_classes, data.batch_size, stem).backbone
 
-    data.eval_transform = app.eval_transform(data)  # the probe's features: the run's evaluation images
+    data.eval_transform = run.eval_transform(data)  # the probe's features: the run's evaluation images
     probes = {
         name: baselines.evaluate_features(
             baselines.encoder_features(backbone.eval(), data), k=20, temperature=0.07, seed=seed

@@ -12,9 +12,18 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, OmegaConf, open_dict
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
-from cssl import app, cluster, launch, loggers
-from cssl.backbones import build_backbone
-from cssl.checkpoint import (
+from cssl.core.errors import ConfigError, check
+from cssl.data import MultiView, ViewAugment
+from cssl.data.datamodules import ImageFolderDataModule
+from cssl.data.folder import SkippedImages
+from cssl.data.views import ViewSpec
+from cssl.eval.embedding import embedding_map, log_image
+from cssl.methods import method_class
+from cssl.methods.base import ContrastiveMethod
+from cssl.models.backbones import build_backbone
+from cssl.models.optim import OptimSettings
+from cssl.runtime import launch, loggers, run, slurm
+from cssl.runtime.checkpoint import (
     FinishStep,
     MetricStates,
     RNGState,
@@ -23,15 +32,6 @@ from cssl.checkpoint import (
     read_checkpoint,
     step_checkpoints,
 )
-from cssl.data import MultiView, ViewAugment
-from cssl.data.datamodules import ImageFolderDataModule
-from cssl.data.folder import SkippedImages
-from cssl.data.views import ViewSpec
-from cssl.errors import ConfigError, check
-from cssl.eval.embedding import embedding_map, log_image
-from cssl.methods import method_class
-from cssl.methods.base import ContrastiveMethod
-from cssl.optim import OptimSettings
 
 
 def build_views(
@@ -48,10 +48,10 @@ def build_views(
     ``data.augment_per_view`` (optional) is null or a list of ``num_views`` mappings, each overriding keys of
     ``data.augment`` for one view: BYOL's asymmetric views (e.g. solarisation on the second view only).
     """
-    augment = app.plain(cfg.data.augment)
-    per_view = per_view_augment(app.plain(cfg.data).get("augment_per_view"), num_views)
+    augment = run.plain(cfg.data.augment)
+    per_view = per_view_augment(run.plain(cfg.data).get("augment_per_view"), num_views)
     views = [ViewAugment(image_size, mean=mean, std=std, crop=crop, **{**augment, **own}) for own in per_view]
-    multicrop = app.plain(cfg.data).get("multicrop")
+    multicrop = run.plain(cfg.data).get("multicrop")
     if multicrop:
         check(
             isinstance(multicrop, dict) and set(multicrop) == {"sizes", "scales"},
@@ -94,9 +94,9 @@ def view_specs(cfg: DictConfig, image_size: int, num_views: int = 2) -> list[Vie
     """Side and crop scale of every view of :func:`build_views` (same order), for loaders that cut the
     views from the original images (run after build_views, which checks ``data.multicrop``)."""
     scale = tuple(float(v) for v in cfg.data.augment.crop_scale)
-    per_view = per_view_augment(app.plain(cfg.data).get("augment_per_view"), num_views)
+    per_view = per_view_augment(run.plain(cfg.data).get("augment_per_view"), num_views)
     views = [ViewSpec(image_size, tuple(float(v) for v in own.get("crop_scale", scale))) for own in per_view]
-    multicrop = app.plain(cfg.data).get("multicrop") or {"sizes": [], "scales": []}
+    multicrop = run.plain(cfg.data).get("multicrop") or {"sizes": [], "scales": []}
     for size, extra in zip(multicrop["sizes"], multicrop["scales"], strict=True):
         views.append(ViewSpec(int(size), (float(extra[0]), float(extra[1]))))
     views += [ViewSpec(image_size, scale) for _ in range(support_view_count(cfg))]
@@ -132,12 +132,12 @@ def per_view_augment(per_view: Any, num_views: int) -> list[dict[str, Any]]:
 
 def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem: bool) -> ContrastiveMethod:
     """The method of ``cfg.method`` over the backbone of ``cfg.backbone``."""
-    options = app.plain(cfg.method)
+    options = run.plain(cfg.method)
     name = str(options.pop("name"))
     cls = method_class(name)
     backbone = build_backbone(str(cfg.backbone), cifar_stem=cifar_stem, zero_init_residual=bool(cfg.zero_init_residual))
     try:
-        optim = OptimSettings(**app.plain(cfg.optimizer))
+        optim = OptimSettings(**run.plain(cfg.optimizer))
         model = cls(
             backbone, num_classes=num_classes, batch_size=batch_size, optim=optim, **diagnostics_options(cfg), **options
         )
@@ -151,7 +151,7 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
         "num_features": model.num_features,
         "image_size": int(cfg.data.image_size),
         "data": str(cfg.data.name),
-        "config": app.plain(cfg),
+        "config": run.plain(cfg),
     }
     return model
 
@@ -160,7 +160,7 @@ def diagnostics_options(cfg: DictConfig) -> dict[str, int]:
     """Method arguments of ``cfg.diagnostics`` (its interval must coincide with Lightning's logging steps)."""
     diag = cfg.diagnostics
     every = diag.every_n_steps
-    app.check_int("diagnostics.every_n_steps", every, 0)
+    run.check_int("diagnostics.every_n_steps", every, 0)
     log_every = int(cfg.trainer.get("log_every_n_steps") or 50)
     check(
         every % log_every == 0,
@@ -235,7 +235,7 @@ def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]
     method, data = model.meta["method"], str(cfg.data.name)
     group = loggers.run_group(cfg.logger.get("group"), method=method, data=data, sweep=loggers.multirun_name())
     estimator = model.estimator
-    tags = loggers.run_tags(app.plain(cfg.logger).get("tags"), method=method, estimator=estimator, data=data)
+    tags = loggers.run_tags(run.plain(cfg.logger).get("tags"), method=method, estimator=estimator, data=data)
     with open_dict(cfg.logger):
         cfg.logger.group, cfg.logger.tags = group, tags
     return group, tags
@@ -244,23 +244,23 @@ def label_run(cfg: DictConfig, model: ContrastiveMethod) -> tuple[str, list[str]
 def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
     start = time.time()
-    app.check_int("seed", cfg.seed, 0)
+    run.check_int("seed", cfg.seed, 0)
     trainer_cfg = cfg.trainer
     launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
-    run_dir = app.output_dir(cfg)
+    run_dir = run.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    data = app.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()  # a missing dataset fails here, before any model is built
     set_train_views(cfg, data)
-    data.eval_transform = app.eval_transform(data)  # data.eval_image_size; the stem follows data.image_size
+    data.eval_transform = run.eval_transform(data)  # data.eval_image_size; the stem follows data.image_size
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
     apply_speed_options(cfg, model)
     resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
 
     every = cfg.checkpoint.every_n_epochs
-    app.check_int("checkpoint.every_n_epochs", every, 1)
+    run.check_int("checkpoint.every_n_epochs", every, 1)
     checkpoints = pl.callbacks.ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
         filename="epoch{epoch:04d}",
@@ -271,10 +271,10 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         save_on_train_epoch_end=True,
         enable_version_counter=False,  # always overwrite last.ckpt, also in a copied run dir that is resumed
     )
-    throughput = app.Throughput(data.batch_size)
+    throughput = run.Throughput(data.batch_size)
     group, tags = label_run(cfg, model)
     data.val_views = model.diagnostics_every_n_steps > 0
-    app.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
+    run.check_int("diagnostics.embedding_every_n_epochs", cfg.diagnostics.embedding_every_n_epochs, 0)
     maps = EmbeddingMaps(run_dir, int(cfg.diagnostics.embedding_every_n_epochs))
     callbacks = [
         FinishStep(),  # first: a step is complete before any callback checkpoints it
@@ -291,17 +291,17 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         maps,
         SkippedImages(),
     ]
-    signum = cluster.requeue_signal(cfg.checkpoint.get("requeue_signal"))
-    if signum is not None and cluster.on_slurm():
-        callbacks.append(cluster.SlurmRequeue(run_dir, signum))
-    trainer = app.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=app.plain(cfg))
-    app.save_config(run_dir, cfg)
+    signum = slurm.requeue_signal(cfg.checkpoint.get("requeue_signal"))
+    if signum is not None and slurm.on_slurm():
+        callbacks.append(slurm.SlurmRequeue(run_dir, signum))
+    trainer = run.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=run.plain(cfg))
+    run.save_config(run_dir, cfg)
     try:
         trainer.fit(model, datamodule=data, ckpt_path=resume)
-    except cluster.Requeued as stop:  # SLURM's time-limit signal: the requeued job continues with resume=auto
+    except slurm.Requeued as stop:  # SLURM's time-limit signal: the requeued job continues with resume=auto
         rank_zero_info(str(stop))
         return {"requeued": True, "global_step": int(trainer.global_step), "run_dir": str(run_dir)}
-    train_metrics = {k: app.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
+    train_metrics = {k: run.metric(trainer, k) for k in ("train/loss", "train/online_top1")}
     final_metrics = loggers.scalar_metrics(trainer.callback_metrics)  # train/... and neg/... of the last step
     if model.last_validated_step != trainer.global_step:  # the last validation did not see the final weights
         trainer.validate(model, datamodule=data, verbose=False)
@@ -317,8 +317,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "global_step": int(trainer.global_step),
         "epochs": int(trainer.current_epoch),
         "train_loss": train_metrics["train/loss"],
-        "online_top1": app.metric(trainer, "val/online_top1"),
-        "knn_top1": app.metric(trainer, "val/knn_top1"),
+        "online_top1": run.metric(trainer, "val/online_top1"),
+        "knn_top1": run.metric(trainer, "val/knn_top1"),
         "train_online_top1": train_metrics["train/online_top1"],
         "images_per_second": round(throughput.images_per_second, 2),
         "wall_seconds": round(time.time() - start, 2),
@@ -329,5 +329,5 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "tags": tags,
         "metrics": final_metrics,
     }
-    app.write_summary(run_dir, summary)
+    run.write_summary(run_dir, summary)
     return summary

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from cssl import cli
+from cssl.runtime import cli
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEFAULTS = {"images": 8, "out": "preview"}
@@ -28,7 +28,7 @@ BACKGROUND = (200, 212, 232)  # pale blue between and around the views
 
 def parse_preview_options(argv: list[str]) -> tuple[dict[str, Any], list[str]]:
     """Split ``preview.*`` options (checked) from the overrides for the training configuration."""
-    from cssl.errors import ConfigError, check
+    from cssl.core.errors import ConfigError, check
 
     options: dict[str, Any] = dict(DEFAULTS)
     rest = []
@@ -60,7 +60,7 @@ def compose(overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from cssl.errors import ConfigError
+    from cssl.core.errors import ConfigError
 
     try:
         with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
@@ -77,15 +77,15 @@ def training_views(cfg: Any, images: int) -> list[Any]:
     import torch
     from omegaconf import open_dict
 
-    from cssl import app
-    from cssl.errors import check
+    from cssl.core.errors import check
     from cssl.pretrain import set_train_views
+    from cssl.runtime import run
 
-    app.check_int("seed", cfg.seed, 0)
+    run.check_int("seed", cfg.seed, 0)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     with open_dict(cfg.data):  # one batch of N images, read in this process
         cfg.data.batch_size, cfg.data.num_workers = 2, 0
-    data = app.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
     data.check()
     available = len(data.sets[data.train_split])
     check(images <= available, f"preview.images={images} exceeds the {available} training images of {data.name}")

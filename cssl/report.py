@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 #: Summary fields that are metrics of a pretraining run (others are bookkeeping).
 SUMMARY_METRICS = ("knn_top1", "online_top1", "train_loss", "train_online_top1", "images_per_second", "wall_seconds")
@@ -255,7 +255,7 @@ def load_local(paths: Sequence[str | Path]) -> list[Run]:
 
 def load_wandb(group: str, *, project: str, entity: str | None) -> list[Run]:
     """The finished runs of a W&B group (config and summary), through ``wandb.Api()``; needs a network."""
-    from cssl.loggers import _reachable
+    from cssl.runtime.loggers import _reachable
 
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
     if not _reachable(base):
@@ -921,6 +921,6 @@ def main(argv: Sequence[str] | None = None) -> list[Path]:
 
 
 if __name__ == "__main__":
-    from cssl.cli import guard
+    from cssl.runtime.cli import guard
 
     guard(main)

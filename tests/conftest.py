@@ -62,12 +62,12 @@ def run_inprocess(entry: str, overrides: list[str]) -> tuple[int, str]:
     import contextlib
     import io
 
-    from cssl import cli
+    from cssl.runtime import cli
 
     if entry == "train":
         from cssl.pretrain import pretrain as fn
     else:
-        from cssl.linear import linear_eval as fn
+        from cssl.evaluate import linear_eval as fn
     cfg = compose("train" if entry == "train" else "linear_eval", overrides)
     err = io.StringIO()
     code = 0

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from cssl.checkpoint import RNGState, atomic_save, find_checkpoint, read_checkpoint
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
+from cssl.runtime.checkpoint import RNGState, atomic_save, find_checkpoint, read_checkpoint
 
 
 def test_atomic_save_never_leaves_a_truncated_file(tmp_path, monkeypatch):

@@ -11,12 +11,12 @@ import torch
 from torch.utils.data import DistributedSampler
 from torchmetrics.classification import MulticlassAccuracy
 
-from cssl import cluster
-from cssl.checkpoint import MetricStates, atomic_save, newest_readable, resume_candidates
+from cssl.core.errors import ConfigError
 from cssl.data.resumable import ResumableSampler, resumed_sampler
-from cssl.errors import ConfigError
-from cssl.launch import check_launch, device_count
 from cssl.pretrain import resolve_resume
+from cssl.runtime import slurm
+from cssl.runtime.checkpoint import MetricStates, atomic_save, newest_readable, resume_candidates
+from cssl.runtime.launch import check_launch, device_count
 
 TORCHRUN = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500"}
 SRUN = {
@@ -69,12 +69,12 @@ def test_device_count_reads_every_form_of_trainer_devices() -> None:
 
 
 def test_requeue_signal_option() -> None:
-    assert cluster.requeue_signal("SIGUSR1") == signal.SIGUSR1
-    assert cluster.requeue_signal("sigterm") == signal.SIGTERM
-    assert cluster.requeue_signal(None) is None
+    assert slurm.requeue_signal("SIGUSR1") == signal.SIGUSR1
+    assert slurm.requeue_signal("sigterm") == signal.SIGTERM
+    assert slurm.requeue_signal(None) is None
     for bad in ("SIGKILL", "USR1", 10):
         with pytest.raises(ConfigError, match="checkpoint.requeue_signal"):
-            cluster.requeue_signal(bad)
+            slurm.requeue_signal(bad)
 
 
 def test_requeue_calls_scontrol_with_the_job_or_array_task(tmp_path, monkeypatch) -> None:
@@ -84,13 +84,13 @@ def test_requeue_calls_scontrol_with_the_job_or_array_task(tmp_path, monkeypatch
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     monkeypatch.setenv("SLURM_JOB_ID", "77")
-    assert cluster.requeue()
+    assert slurm.requeue()
     monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "70")
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
-    assert cluster.requeue()
+    assert slurm.requeue()
     assert calls.read_text().splitlines() == ["requeue 77", "requeue 70_3"]
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no scontrol: a warning, no exception
-    assert not cluster.requeue()
+    assert not slurm.requeue()
 
 
 def _checkpoint(path, step: int, mtime: float) -> None:
@@ -193,7 +193,7 @@ def test_the_sbatch_script_asks_for_the_signal_that_the_run_handles() -> None:
     overrides = [o.split("=")[0] + "=2" if "$" in o else o for o in overrides if o]
     cfg = compose("train", overrides)
     assert cfg.resume == "auto" and cfg.checkpoint.every_n_minutes > 0
-    assert cluster.requeue_signal(cfg.checkpoint.requeue_signal) == signal.Signals[asked.group(1)]
+    assert slurm.requeue_signal(cfg.checkpoint.requeue_signal) == signal.Signals[asked.group(1)]
 
 
 def test_warmup_of_a_max_steps_run_counts_one_ranks_batches() -> None:
@@ -202,7 +202,7 @@ def test_warmup_of_a_max_steps_run_counts_one_ranks_batches() -> None:
     from types import SimpleNamespace
 
     from cssl.data import build_datamodule
-    from cssl.optim import OptimSettings, configure_schedule, warmup_cosine
+    from cssl.models.optim import OptimSettings, configure_schedule, warmup_cosine
 
     data = build_datamodule("digits", batch_size=32)
     data.setup()
@@ -228,7 +228,7 @@ def test_warmup_of_a_max_steps_run_counts_one_ranks_batches() -> None:
 def test_step_checkpoints_options(tmp_path) -> None:
     from datetime import timedelta
 
-    from cssl.checkpoint import step_checkpoints
+    from cssl.runtime.checkpoint import step_checkpoints
 
     assert step_checkpoints(tmp_path, every_n_steps=0, every_n_minutes=0, keep_last=2) == []
     (by_steps,) = step_checkpoints(tmp_path, every_n_steps=50, every_n_minutes=0, keep_last=3)
@@ -249,14 +249,14 @@ def test_step_checkpoints_options(tmp_path) -> None:
 def test_slurm_environment_plugin_only_under_srun_with_lightnings_requeue_off(monkeypatch, tmp_path) -> None:
     for key in [k for k in os.environ if k.startswith("SLURM_")]:
         monkeypatch.delenv(key)
-    assert cluster.environment_plugins() == []
+    assert slurm.environment_plugins() == []
     for key, value in SRUN.items():
         monkeypatch.setenv(key, value)
-    (plugin,) = cluster.environment_plugins()
+    (plugin,) = slurm.environment_plugins()
     assert plugin.auto_requeue is False and plugin.world_size() == 4 and plugin.global_rank() == 0
     monkeypatch.delenv("SLURM_NTASKS_PER_NODE")
     with pytest.raises(ConfigError, match="^launch: .*ntasks-per-node"):
-        cluster.environment_plugins()
+        slurm.environment_plugins()
     for n in (3, 12):
         (tmp_path / f"hpc_ckpt_{n}.ckpt").write_bytes(b"")
-    assert cluster.hpc_index(tmp_path) == 12 and cluster.hpc_index(tmp_path / "none") == 0
+    assert slurm.hpc_index(tmp_path) == 12 and slurm.hpc_index(tmp_path / "none") == 0

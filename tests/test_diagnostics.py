@@ -4,8 +4,7 @@ import pytest
 import torch
 
 from cssl.contrastive import nt_xent
-from cssl.contrastive.losses import in_batch_similarities
-from cssl.diagnostics import (
+from cssl.contrastive.diagnostics import (
     alignment,
     false_negative_rate,
     floor_fraction,
@@ -14,6 +13,7 @@ from cssl.diagnostics import (
     negative_stats,
     uniformity,
 )
+from cssl.contrastive.losses import in_batch_similarities
 
 
 def test_effective_number_of_uniform_negatives_is_n():

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from cssl.eval.linear import EpochResult, last_and_best
+from cssl.eval.probe import EpochResult, last_and_best
 from tests.conftest import QUICK, compose, run_inprocess
 
 FAST = (
@@ -77,17 +77,17 @@ def test_dcl_hcl_protocol_is_linear_py():
     assert (opt.name, opt.lr, opt.weight_decay, opt.scale_lr, list(opt.milestones)) == ("adam", 1e-3, 1e-6, False, [])
     assert cfg.data.batch_size == 512 and cfg.trainer.max_epochs == 100
     assert cfg.backbone_bn == "train" and cfg.train_augment == "pretrain" and not cfg.feature_norm
-    from cssl import app
+    from cssl.runtime import run as runs
 
-    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data = runs.build_data(cfg, train_split="labelled", train_transform=None)
     assert data.image_size == data.eval_image_size == 96  # STL-10 test images at their native size
 
 
 def test_backbone_bn_train_re_estimates_statistics_and_keeps_weights():
     import torch
 
-    from cssl.eval.linear import LinearProbe
-    from cssl.optim import OptimSettings
+    from cssl.eval.probe import LinearProbe
+    from cssl.models.optim import OptimSettings
 
     torch.manual_seed(0)
     net = torch.nn.Sequential(
@@ -122,7 +122,7 @@ def test_bad_values_are_one_line_errors(args, word, tmp_path):
 def test_an_unknown_protocol_is_a_one_line_error(capsys):
     from pathlib import Path
 
-    from cssl import cli
+    from cssl.runtime import cli
 
     with pytest.raises(SystemExit) as exc:
         cli.check_group_overrides(["protocol=supervised"], Path(__file__).resolve().parents[1] / "configs")
@@ -134,12 +134,12 @@ def test_an_unknown_protocol_is_a_one_line_error(capsys):
 def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
     import torch
 
-    from cssl import app
-    from cssl.errors import ConfigError
-    from cssl.linear import train_views
+    from cssl.core.errors import ConfigError
+    from cssl.evaluate import train_views
+    from cssl.runtime import run as runs
 
     cfg = _composed("dcl_hcl")
-    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data = runs.build_data(cfg, train_split="labelled", train_transform=None)
     augment = {"crop_scale": [0.5, 1.0], "hflip": True, "jitter_strength": 0.5, "blur_p": 0.5}
     meta = {"image_size": 24, "config": {"data": {"augment": augment}}}
     views = train_views(cfg, data, meta, "ckpt")
@@ -180,17 +180,17 @@ def test_imagefolder_classifier_crops_are_cut_from_the_original_on_the_workers(t
 
     import torch
 
-    from cssl import app
     from cssl.data import ViewAugment
     from cssl.data.folder import FolderViews
     from cssl.data.views import ViewSpec
-    from cssl.linear import set_train_views
+    from cssl.evaluate import set_train_views
+    from cssl.runtime import run as runs
 
     root = wide_folder(tmp_path)
     cfg = _composed("moco", "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=4")
-    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data = runs.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
-    data.eval_transform = app.eval_transform(data)
+    data.eval_transform = runs.eval_transform(data)
     set_train_views(cfg, data, {}, "ckpt")
     train = data.train_dataloader().dataset
     assert isinstance(train, FolderViews) and train.views == [ViewSpec(16, (0.08, 1.0))]

@@ -4,8 +4,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from cssl.errors import ConfigError
-from cssl.optim import OptimSettings, build_optimizer, param_groups, warmup_cosine
+from cssl.core.errors import ConfigError
+from cssl.models.optim import OptimSettings, build_optimizer, param_groups, warmup_cosine
 
 
 def _net() -> nn.Module:
@@ -95,7 +95,7 @@ def _schedule(settings: OptimSettings, *, max_epochs: int, steps_per_epoch: int)
     """The rate of every step, epoch by epoch, as Lightning drives the scheduler of ``configure_schedule``."""
     from types import SimpleNamespace
 
-    from cssl.optim import configure_schedule
+    from cssl.models.optim import configure_schedule
 
     trainer = SimpleNamespace(
         estimated_stepping_batches=max_epochs * steps_per_epoch, max_steps=-1, max_epochs=max_epochs

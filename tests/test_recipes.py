@@ -8,10 +8,11 @@ from functools import cache
 import pytest
 import torch.nn as nn
 
-from cssl import app, recipes
+from cssl import recipes
 from cssl.methods import method_class
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
+from cssl.runtime import run
 from tests.conftest import REPO
 
 TABLE = recipes.load_table()
@@ -54,16 +55,16 @@ def test_every_row_holds_in_the_composed_config_and_its_objects_build(name):
     assert recipes.mismatches(recipe, cfg, protocol) == []
     assert recipe.rows and all(row.cssl or row.note or row.protocol for row in recipe.rows)
     # the keys an experiment file sets must reach real constructor arguments (compose alone accepts new keys)
-    options = app.plain(cfg.method)
+    options = run.plain(cfg.method)
     cls = method_class(options.pop("name"))
     cls(
         Tiny(),
         num_classes=10,
         batch_size=cfg.data.batch_size,
-        optim=OptimSettings(**app.plain(cfg.optimizer)),
+        optim=OptimSettings(**run.plain(cfg.optimizer)),
         **options,
     )
-    data = app.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
     views = build_views(cfg, data.image_size, data.mean, data.std)
     assert len(views.views) == 2 + len(cfg.data.multicrop.sizes if cfg.data.multicrop else [])
 
@@ -125,7 +126,7 @@ def test_blur_kernel_is_the_one_the_augmentation_uses():
     from cssl.data.augment import ViewAugment
 
     cfg = recipes.compose_experiment("stl10_simclr")
-    view = ViewAugment(int(cfg.data.image_size), **app.plain(cfg.data.augment))
+    view = ViewAugment(int(cfg.data.image_size), **run.plain(cfg.data.augment))
     assert recipes.value_at(cfg, "derived.blur_kernel") == 3 == view.blur.kernel_size
     assert recipes.value_at(recipes.compose_experiment("cifar10_moco_demo"), "derived.blur_kernel") is None
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from cssl.backbones import build_backbone, list_backbones
 from cssl.methods import METHODS
+from cssl.models.backbones import build_backbone, list_backbones
 from cssl.pretrain import pretrain
 from tests.conftest import REPO, compose
 
@@ -78,7 +78,7 @@ def test_every_experiment_config_composes_and_its_objects_build(experiment):
     from omegaconf import OmegaConf
 
     from cssl.methods import method_class
-    from cssl.optim import OptimSettings
+    from cssl.models.optim import OptimSettings
 
     cfg = compose("train", [f"experiment={experiment}"])
     assert cfg.method.name in METHODS and cfg.data.name

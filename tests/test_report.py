@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from cssl import report
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from tests.conftest import REPO, cli_env, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -251,7 +251,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
 
     import wandb
 
-    monkeypatch.setattr("cssl.loggers._reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr("cssl.runtime.loggers._reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(wandb, "Api", FakeApi)
     report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w", "--all"])
     assert FakeApi.queries == [("me/cssl", {"group": "sweep_x"})]
@@ -311,7 +311,7 @@ def test_each_multirun_job_gets_its_own_wandb_run(tmp_path: Path, monkeypatch: p
     """Jobs of a multirun share a process: a new logger must not reuse the previous job's W&B run."""
     import wandb
 
-    from cssl.loggers import build_logger
+    from cssl.runtime.loggers import build_logger
 
     for key in [k for k in os.environ if k.startswith("WANDB_")]:
         monkeypatch.delenv(key)

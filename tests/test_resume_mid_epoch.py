@@ -12,7 +12,7 @@ import json
 
 import pytest
 
-from cssl.checkpoint import resume_candidates
+from cssl.runtime.checkpoint import resume_candidates
 from tests.conftest import QUICK
 from tests.interrupt import clean_env, finish, kill_group, load, max_difference, start, train_cmd, wait_for
 

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cssl.backbones import build_backbone
 from cssl.contrastive import in_batch_similarities, info_nce, nt_xent
 from cssl.methods import METHODS
 from cssl.methods import base as base_module
 from cssl.methods.simclr import SimCLR
-from cssl.optim import OptimSettings
+from cssl.models.backbones import build_backbone
+from cssl.models.optim import OptimSettings
 
 # aten ops that copy a device value to the host, or whose output size depends on tensor values (both wait
 # for the device): .item(), bool(t), int(t), float(t), `if t:` all end in _local_scalar_dense.

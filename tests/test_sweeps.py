@@ -9,9 +9,9 @@ import yaml
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 
-from cssl.loggers import run_group, run_tags
 from cssl.methods import method_class
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
+from cssl.runtime.loggers import run_group, run_tags
 from tests.conftest import REPO, compose
 
 SWEEPS = sorted((REPO / "configs" / "sweep").glob("*.yaml"))

@@ -20,9 +20,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl import distributed
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.errors import ConfigError, check, check_positive, check_unit_interval
+from cssl.core import distributed
+from cssl.core.errors import ConfigError, check, check_positive, check_unit_interval
 
 BANK_INITS = ("keys", "random", "official")
 

@@ -22,7 +22,7 @@ import math
 import torch
 from torch import Tensor
 
-from cssl.errors import ConfigError, check_positive, check_unit_interval
+from cssl.core.errors import ConfigError, check_positive, check_unit_interval
 
 ESTIMATORS = ("infonce", "dcl", "hcl")
 

@@ -9,8 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from cssl import distributed
 from cssl.contrastive.estimators import at_least_fp32, check_estimator, loss_from_log_sums
+from cssl.core import distributed
 
 # Largest |shift| for which e^{x - shift} of a unit-vector logit x in [-scale, scale] stays a normal number
 # (fp32: e^-80 ~ 1.8e-35); above it the shift is each row's max over its negatives (one more pass).

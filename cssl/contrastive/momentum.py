@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from cssl import distributed
-from cssl.errors import ConfigError, check, check_unit_interval
+from cssl.core import distributed
+from cssl.core.errors import ConfigError, check, check_unit_interval
 
 SCHEDULES = ("constant", "cosine")
 KEY_BN = ("auto", "shuffle", "split", "sync", "none")

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl.errors import ConfigError, _is_int, _is_number, check
+from cssl.core.errors import ConfigError, _is_int, _is_number, check
 
 FNC_MODES = ("none", "eliminate", "attract")
 AGGREGATIONS = ("max", "mean")

@@ -12,8 +12,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl import distributed
-from cssl.errors import check
+from cssl.core import distributed
+from cssl.core.errors import check
 
 
 class QueuePool(nn.Module):

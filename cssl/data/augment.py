@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import resize
 from torch import Tensor
 
-from cssl.errors import _is_number, check, check_unit_interval
+from cssl.core.errors import _is_number, check, check_unit_interval
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 

@@ -21,11 +21,11 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from cssl.backbones import auto_cifar_stem
+from cssl.core.errors import ConfigError, _is_number, check
 from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
 from cssl.data.resumable import resumed_sampler, train_position
 from cssl.data.views import ViewSpec, decode_on_device
-from cssl.errors import ConfigError, _is_number, check
+from cssl.models.backbones import auto_cifar_stem
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -22,8 +22,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
+from cssl.core.errors import ConfigError
 from cssl.data.views import ViewSpec, decode_views, sample_boxes
-from cssl.errors import ConfigError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # the first bytes of each format above (PGM/PPM plain and raw; TIFF little and big endian; WebP is RIFF....WEBP)

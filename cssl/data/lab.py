@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl.errors import _is_int, _is_number, check
+from cssl.core.errors import _is_int, _is_number, check
 
 #: Bump when the generator changes: older cache files are then not reused.
 GENERATOR_VERSION = 1

@@ -4,7 +4,7 @@ in-batch method, so they share its class; their configs set the estimator."""
 
 from __future__ import annotations
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods.adco import AdCo
 from cssl.methods.base import ContrastiveMethod
 from cssl.methods.byol import BYOL

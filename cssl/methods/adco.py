@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from pytorch_lightning.utilities import rank_zero_info
 from torch import Tensor
 
-from cssl import distributed
 from cssl.contrastive import AdversarialBank
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.errors import check
+from cssl.core import distributed
+from cssl.core.errors import check
 from cssl.methods.momentum import MomentumMethod
 
 BANK_SIZE = 65536  # AdCo's ImageNet K

@@ -18,13 +18,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
+from cssl.contrastive.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
 from cssl.contrastive.estimators import annealed_beta, check_estimator, info_nce
 from cssl.contrastive.negatives import ease
-from cssl.diagnostics import alignment, false_negative_rate, log_histograms, step_diagnostics, uniformity
-from cssl.errors import check, check_positive
+from cssl.core.errors import check, check_positive
 from cssl.eval.knn import knn_predict
 from cssl.methods.selection import NegativeSelection
-from cssl.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
+from cssl.models.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
 
 
 class ContrastiveMethod(NegativeSelection, pl.LightningModule):

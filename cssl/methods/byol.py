@@ -17,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cssl.contrastive.bootstrap import byol_loss
-from cssl.errors import check
-from cssl.heads import mlp
+from cssl.core.errors import check
 from cssl.methods.momentum import MomentumMethod
+from cssl.models.heads import mlp
 
 #: Options of the contrastive objective; they have no meaning without negatives.
 NEGATIVE_OPTIONS = ("temperature", "estimator", "tau_plus", "beta", "beta_anneal")

@@ -18,7 +18,7 @@ from torch import Tensor
 from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.contrastive.negatives import ease
-from cssl.errors import _is_int, check
+from cssl.core.errors import _is_int, check
 from cssl.methods.momentum import MomentumMethod
 
 QUEUE_SIZE = 65536  # MoCo's ImageNet default

@@ -13,9 +13,9 @@ from torch import Tensor
 
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.contrastive.momentum import MomentumEncoder, check_key_bn, encode_keys
-from cssl.errors import check
-from cssl.heads import mlp
+from cssl.core.errors import check
 from cssl.methods.base import ContrastiveMethod
+from cssl.models.heads import mlp
 
 
 class MomentumMethod(ContrastiveMethod):

@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from cssl.contrastive.negatives import RING_EASY_OUTER, NegativeSelector, Selection, check_curriculum, ease, hardness
-from cssl.errors import check
+from cssl.core.errors import check
 
 
 class NegativeSelection:
@@ -38,7 +38,7 @@ class NegativeSelection:
         curriculum: str,
         curriculum_end: float,
     ) -> None:
-        """Validate and store the selection (one-line :class:`~cssl.errors.ConfigError` on a bad value)."""
+        """Validate and store the selection (one-line :class:`~cssl.core.errors.ConfigError` on a bad value)."""
         self.negatives = NegativeSelector(
             fnc=fnc,
             fnc_top_k=fnc_top_k,

@@ -8,10 +8,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cssl import distributed
 from cssl.contrastive import in_batch_similarities, nt_xent
-from cssl.heads import mlp
+from cssl.core import distributed
 from cssl.methods.base import ContrastiveMethod
+from cssl.models.heads import mlp
 
 
 class SimCLR(ContrastiveMethod):

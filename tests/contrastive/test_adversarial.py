@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from cssl.contrastive import AdversarialBank, bank_loss_and_gradient, info_nce
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from tests.contrastive.reference import reference_loss
 
 Q = F.normalize(torch.tensor([[1.0, 2.0], [2.0, -1.0]]), dim=1)

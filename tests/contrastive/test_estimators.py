@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from cssl.contrastive import info_nce, info_nce_per_anchor, nt_xent
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from tests.contrastive.reference import reference_loss, reference_nt_xent
 
 U = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, -2.0]])

@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from cssl.contrastive.momentum import MomentumEncoder
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 
 def _net() -> nn.Module:

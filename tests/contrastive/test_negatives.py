@@ -22,7 +22,7 @@ from cssl.contrastive.negatives import (
     support_scores,
     top_ranked,
 )
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 D = torch.float64
 T = 0.5

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from cssl.contrastive import QueuePool
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 
 def _keys(n: int, d: int = 3, start: int = 0) -> torch.Tensor:

@@ -11,6 +11,7 @@ from scipy import stats
 from torchvision.transforms import v2 as T
 from torchvision.transforms.v2 import functional as TF
 
+from cssl.core.errors import ConfigError
 from cssl.data import EvalTransform, MultiView, ViewAugment
 from cssl.data.augment import (
     ColorJitter,
@@ -20,7 +21,6 @@ from cssl.data.augment import (
     resized_crop,
     sample_crop_boxes,
 )
-from cssl.errors import ConfigError
 from tests.conftest import same
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)

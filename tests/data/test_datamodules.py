@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.data import SequentialSampler
 
+from cssl.core.errors import ConfigError
 from cssl.data import DATASETS, EvalTransform, MultiView, ViewAugment, build_datamodule
 from cssl.data.resumable import ResumableSampler
-from cssl.errors import ConfigError
 from tests.data import fabricate as F
 
 NAMES = sorted(DATASETS)

@@ -8,8 +8,8 @@ import urllib.request
 
 import pytest
 
+from cssl.core.errors import ConfigError
 from cssl.data import build_datamodule
-from cssl.errors import ConfigError
 from tests.data import fabricate as F
 
 DOWNLOADABLE = {"cifar10": "cifar-10-batches-py", "cifar100": "cifar-100-python", "stl10": "stl10_binary"}

@@ -13,10 +13,10 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
+from cssl.core.errors import ConfigError
 from cssl.data import MultiView, ViewAugment, build_datamodule
 from cssl.data.folder import BadImageError, FolderViews
 from cssl.data.views import ViewSpec
-from cssl.errors import ConfigError
 from tests.conftest import QUICK, run_cli, run_inprocess
 from tests.data import fabricate as F
 

@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 
+from cssl.core.errors import ConfigError
 from cssl.data import build_datamodule
 from cssl.data import lab as L
-from cssl.errors import ConfigError
 
 
 def options(**overrides):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from cssl.core.errors import ConfigError
 from cssl.data import ViewAugment
-from cssl.errors import ConfigError
 from cssl.pretrain import build_views
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)

@@ -10,8 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cssl import distributed
 from cssl.contrastive import AdversarialBank
+from cssl.core import distributed
 from tests.distributed.harness import run_ranks
 from tests.methods.adco_helpers import tiny_adco
 

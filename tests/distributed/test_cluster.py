@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from cssl.checkpoint import resume_candidates
+from cssl.runtime.checkpoint import resume_candidates
 from tests.interrupt import REPO, clean_env, finish, kill_group, load, max_difference, start, train_cmd, wait_for
 
 STEPS_PER_EPOCH = 5

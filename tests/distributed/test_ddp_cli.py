@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from cssl.backbones import build_backbone
 from cssl.data import build_datamodule
 from cssl.data.augment import EvalTransform
 from cssl.eval.knn import knn_predict
+from cssl.models.backbones import build_backbone
 
 REPO = Path(__file__).resolve().parents[2]
 BATCH = 16

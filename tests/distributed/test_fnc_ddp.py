@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from cssl.methods.simclr import SimCLR
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from tests.distributed.harness import run_ranks
 
 WORLD = 2

@@ -1,6 +1,6 @@
 import torch
 
-from cssl import distributed
+from cssl.core import distributed
 from tests.distributed.harness import run_ranks
 
 

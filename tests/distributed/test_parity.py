@@ -12,8 +12,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from cssl import distributed
 from cssl.contrastive.losses import in_batch_similarities, nt_xent
+from cssl.core import distributed
 from tests.contrastive.reference import reference_nt_xent
 from tests.distributed.harness import run_ranks
 

@@ -6,7 +6,7 @@ import torch.nn as nn
 from cssl.contrastive import QueuePool
 from cssl.contrastive.momentum import encode_keys, resolve_key_bn
 from cssl.methods.moco import MoCo
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from tests.distributed.harness import run_ranks
 
 K, D, B = 10, 3, 3  # B per rank: the global batch of 6 does not divide K, so the ring wraps mid-batch

@@ -13,10 +13,10 @@ from pytorch_lightning.strategies import DDPStrategy
 from torch.utils.data import DistributedSampler
 from torch.utils.data.dataloader import DataLoader
 
-from cssl import app
+from cssl.core.errors import ConfigError
 from cssl.data import build_datamodule
-from cssl.errors import ConfigError
-from cssl.optim import OptimSettings, global_batch
+from cssl.models.optim import OptimSettings, global_batch
+from cssl.runtime import run
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -46,7 +46,7 @@ def test_ddp_strategy_on_cpu_uses_gloo_and_scales_the_global_batch(tmp_path: Pat
         "trainer.accumulate_grad_batches=4",
         "trainer.progress_bar=false",
     )
-    trainer = app.build_trainer(cfg, tmp_path, callbacks=[])
+    trainer = run.build_trainer(cfg, tmp_path, callbacks=[])
     assert isinstance(trainer.strategy, DDPStrategy)
     assert trainer.strategy._process_group_backend == "gloo"
     assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is False
@@ -59,14 +59,14 @@ def test_ddp_strategy_on_cpu_uses_gloo_and_scales_the_global_batch(tmp_path: Pat
 
 def test_find_unused_parameters_passes_through(tmp_path: Path) -> None:
     cfg = _config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.find_unused_parameters=true")
-    trainer = app.build_trainer(cfg, tmp_path, callbacks=[])
+    trainer = run.build_trainer(cfg, tmp_path, callbacks=[])
     assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is True
 
 
 def test_sync_batchnorm_on_cpu_is_a_config_error(tmp_path: Path) -> None:
     cfg = _config("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.sync_batchnorm=true")
     with pytest.raises(ConfigError, match="trainer.sync_batchnorm"):
-        app.build_trainer(cfg, tmp_path, callbacks=[])
+        run.build_trainer(cfg, tmp_path, callbacks=[])
 
 
 def _distributed_loader(loader: DataLoader, rank: int) -> DataLoader:

@@ -6,7 +6,7 @@ import torch
 import torch.nn as nn
 
 from cssl.methods.adco import AdCo
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 
 B, D = 4, 8
 MOCO_T, MEM_T, MEM_LR, MEM_M, MEM_WD = 0.12, 0.2, 0.5, 0.9, 1e-4

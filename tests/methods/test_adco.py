@@ -16,11 +16,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.methods.adco import AdCo
 from cssl.methods.simclr import SimCLR
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
 from tests.conftest import REPO, cli_env, run_cli
 from tests.methods.adco_helpers import MEM_LR, MEM_M, MEM_T, MEM_WD, MOCO_T, B, TinyNet, tiny_adco

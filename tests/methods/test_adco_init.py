@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cssl import distributed
-from cssl.errors import ConfigError
+from cssl.core import distributed
+from cssl.core.errors import ConfigError
 from tests.methods.adco_helpers import MOCO_T, B, tiny_adco
 
 K = 10

@@ -5,9 +5,9 @@ import torch
 
 from cssl.contrastive import info_nce
 from cssl.contrastive.estimators import annealed_beta
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 
 
 def _tiny(name: str, **kwargs):

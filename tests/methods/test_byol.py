@@ -17,10 +17,10 @@ from omegaconf import OmegaConf
 
 from cssl.contrastive.bootstrap import byol_loss, regression_cosine
 from cssl.contrastive.momentum import MomentumEncoder
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.methods.byol import BYOL, projection_std
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from cssl.report import build_report, load_local
 from tests.conftest import QUICK, compose, run_inprocess
 

@@ -16,10 +16,10 @@ import torch.nn.functional as F
 from cssl.contrastive import ESTIMATORS, mochi_negatives
 from cssl.contrastive.estimators import info_nce_per_anchor
 from cssl.contrastive.momentum import encode_keys, resolve_key_bn
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.methods.moco import MoChi, MoCo
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from tests.contrastive.reference import reference_loss
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,11 +18,11 @@ from cssl import report
 from cssl.contrastive import info_nce, nt_xent
 from cssl.contrastive.adversarial import bank_loss_and_gradient
 from cssl.contrastive.negatives import detect_false_negatives
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import method_class
 from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
 from tests.conftest import QUICK, REPO, compose, run_cli, run_inprocess
 from tests.contrastive.test_negatives import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit

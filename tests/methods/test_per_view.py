@@ -7,9 +7,9 @@ import torch
 import torch.nn as nn
 
 from cssl.contrastive import nt_xent
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
-from cssl.optim import OptimSettings
+from cssl.models.optim import OptimSettings
 
 
 class BNNet(nn.Module):

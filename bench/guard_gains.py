@@ -2,7 +2,7 @@
 guard's short run on the lab dataset (cssl.guards), per method, with the mean, sample std and minimum over
 seeds, and the time of one run. These figures are where cssl.guards.MARGIN comes from.
 
-    PYTHONPATH=. python bench/guards.py [--methods simclr moco] [--seeds 0 1 2] [--quick]
+    PYTHONPATH=. python bench/guard_gains.py [--methods simclr moco] [--seeds 0 1 2] [--quick]
 """
 
 from __future__ import annotations

@@ -15,7 +15,7 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 LOGGERS = ("wandb", "csv", "none")
 

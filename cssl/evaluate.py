@@ -1,5 +1,5 @@
 """Linear (or kNN) evaluation of a pretraining checkpoint under a protocol (``protocol=default|moco|adco|
-dcl_hcl``, configs/protocol/); shares data, trainer and loading with pretraining through :mod:`cssl.app`."""
+dcl_hcl``, configs/protocol/); shares data, trainer and loading with pretraining through :mod:`cssl.runtime.run`."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from cssl import app
-from cssl.backbones import build_backbone
-from cssl.checkpoint import find_checkpoint, read_checkpoint
+from cssl.core.errors import ConfigError, check
 from cssl.data import ViewAugment
 from cssl.data.datamodules import ImageDataModule, ImageFolderDataModule
 from cssl.data.views import ViewSpec
-from cssl.errors import ConfigError, check
 from cssl.eval.knn import knn_predict
-from cssl.eval.linear import LinearProbe, check_probe_options, last_and_best
-from cssl.optim import OptimSettings
+from cssl.eval.probe import LinearProbe, check_probe_options, last_and_best
+from cssl.models.backbones import build_backbone
+from cssl.models.optim import OptimSettings
+from cssl.runtime import run
+from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint
 
 
 def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -49,7 +49,7 @@ def train_views(
     linear.py train on utils.train_transform, the pretraining pipeline). ``crop=False``: its photometric part
     only, for crops already cut from the original images (see :func:`set_train_views`)."""
     if cfg.train_augment == "linear":
-        return ViewAugment(data.image_size, mean=data.mean, std=data.std, crop=crop, **app.plain(cfg.augment))
+        return ViewAugment(data.image_size, mean=data.mean, std=data.std, crop=crop, **run.plain(cfg.augment))
     config = meta.get("config")
     augment = config.get("data", {}).get("augment") if isinstance(config, dict) else None
     check(
@@ -89,15 +89,15 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
         f"train_augment must be one of {', '.join(TRAIN_AUGMENT)}, got {cfg.train_augment!r}",
     )
     check_probe_options(cfg.backbone_bn, cfg.init_std)
-    optim = OptimSettings(**app.plain(cfg.optimizer))
+    optim = OptimSettings(**run.plain(cfg.optimizer))
     backbone, meta, ckpt_path = load_backbone(Path(str(cfg.ckpt)))
-    app.check_int("seed", cfg.seed, 0)
-    run_dir = app.output_dir(cfg)
+    run.check_int("seed", cfg.seed, 0)
+    run_dir = run.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    data = app.build_data(cfg, train_split="labelled", train_transform=None)
+    data = run.build_data(cfg, train_split="labelled", train_transform=None)
     data.check()
-    data.eval_transform = app.eval_transform(data)
+    data.eval_transform = run.eval_transform(data)
     set_train_views(cfg, data, meta, ckpt_path)
     if cfg.mode == "knn":
         results: dict[str, Any] = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
@@ -113,8 +113,8 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
             backbone_bn=str(cfg.backbone_bn),
             init_std=cfg.init_std,
         )
-        trainer = app.build_trainer(cfg, run_dir, callbacks=[], logger_config=app.plain(cfg))
-        app.save_config(run_dir, cfg)
+        trainer = run.build_trainer(cfg, run_dir, callbacks=[], logger_config=run.plain(cfg))
+        run.save_config(run_dir, cfg)
         trainer.fit(model, datamodule=data)
         if not model.history or model.history[-1].step != trainer.global_step:  # final weights not validated yet
             trainer.validate(model, datamodule=data, verbose=False)
@@ -132,7 +132,7 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
         "data": str(cfg.data.name),
         "wall_seconds": round(time.time() - start, 2),
     }
-    app.write_summary(run_dir, summary)
+    run.write_summary(run_dir, summary)
     return summary
 
 

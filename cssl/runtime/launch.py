@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from cssl.errors import check
+from cssl.core.errors import check
 
 
 def on_slurm(env: Mapping[str, str] | None = None) -> bool:

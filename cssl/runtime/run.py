@@ -15,11 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
-from cssl import cluster
-from cssl.checkpoint import AtomicCheckpointIO
+from cssl.core.errors import ConfigError, check
 from cssl.data import EvalTransform, ImageDataModule, build_datamodule
-from cssl.errors import ConfigError, check
-from cssl.loggers import build_logger
+from cssl.runtime import slurm
+from cssl.runtime.checkpoint import AtomicCheckpointIO
+from cssl.runtime.loggers import build_logger
 
 
 def output_dir(cfg: DictConfig) -> Path:
@@ -82,7 +82,7 @@ def build_trainer(
             default_root_dir=str(run_dir),
             logger=logger if logger is not None else False,
             callbacks=callbacks,
-            plugins=[AtomicCheckpointIO(), *cluster.environment_plugins()],
+            plugins=[AtomicCheckpointIO(), *slurm.environment_plugins()],
             enable_progress_bar=progress_bar,
             num_sanity_val_steps=0,
         )

@@ -12,8 +12,8 @@ CONFIG_GROUPS = ("method", "data", "trainer", "logger", "experiment", "protocol"
 
 
 def guard(fn: Callable[[], Any]) -> Any:
-    """Run ``fn``; a :class:`cssl.errors.ConfigError` becomes one line on stderr and exit status 2."""
-    from cssl.errors import ConfigError
+    """Run ``fn``; a :class:`cssl.core.errors.ConfigError` becomes one line on stderr and exit status 2."""
+    from cssl.core.errors import ConfigError
 
     try:
         return fn()

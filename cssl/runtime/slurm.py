@@ -1,4 +1,4 @@
-"""SLURM's signal before the time limit turned into an exact requeue (launch checks: :mod:`cssl.launch`).
+"""SLURM's signal before the time limit turned into an exact requeue (launch checks: :mod:`cssl.runtime.launch`).
 
 On SLURM, ``#SBATCH --signal=SIGUSR1@120`` asks for SIGUSR1 two minutes before the time limit.
 :class:`SlurmRequeue` then writes ``hpc_ckpt_<n>.ckpt`` in the run dir (Lightning's name and place for it),
@@ -23,8 +23,8 @@ import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
-from cssl.errors import ConfigError, check
-from cssl.launch import on_slurm
+from cssl.core.errors import ConfigError, check
+from cssl.runtime.launch import on_slurm
 
 
 def environment_plugins() -> list[Any]:

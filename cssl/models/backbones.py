@@ -10,7 +10,7 @@ from collections.abc import Callable
 import torch.nn as nn
 import torchvision
 
-from cssl.errors import ConfigError
+from cssl.core.errors import ConfigError
 
 _RESNETS: dict[str, Callable[..., nn.Module]] = {
     "resnet18": torchvision.models.resnet18,

@@ -16,8 +16,8 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
-from cssl import distributed
-from cssl.errors import ConfigError, check
+from cssl.core import distributed
+from cssl.core.errors import ConfigError, check
 
 FORMAT_VERSION = 1
 

@@ -12,8 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from cssl.errors import check
-from cssl.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
+from cssl.core.errors import check
+from cssl.models.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
 
 BACKBONE_BN = ("eval", "train")
 

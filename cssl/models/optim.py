@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from cssl.errors import ConfigError, _is_number, check, check_positive
+from cssl.core.errors import ConfigError, _is_number, check, check_positive
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
