@@ -13,17 +13,12 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-# launcher variables of an enclosing job would make Lightning join that job instead of spawning its own ranks
-LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
+from tests.conftest import REPO, cli_env
 
 
 def clean_env(**extra: str) -> dict[str, str]:
-    """This environment without launcher, SLURM and W&B variables; repo importable, quiet, one thread."""
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "WANDB_"))}
-    env.update({"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1", "HYDRA_FULL_ERROR": "0"})
-    env.update(extra)
-    return env
+    """The environment of a CLI run (:func:`tests.conftest.cli_env`), one thread per process."""
+    return cli_env(**{"OMP_NUM_THREADS": "1", **extra})
 
 
 def start(cmd: Sequence[str], env: dict[str, str], log: Path) -> subprocess.Popen:
@@ -65,10 +60,6 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     return text
-
-
-def load(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def max_difference(a: dict, b: dict) -> float:

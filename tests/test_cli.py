@@ -7,17 +7,22 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import QUICK, cli_env, run_cli, run_inprocess
-
-
-def _ok(proc) -> None:
-    assert proc.returncode == 0, proc.stderr[-3000:]
+from tests.conftest import (
+    QUICK,
+    assert_same_training_state,
+    check_ok,
+    cli_env,
+    interrupted_copy,
+    load_checkpoint,
+    run_cli,
+    run_inprocess,
+)
 
 
 def test_pretrain_then_linear_and_knn_eval(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train.py", *QUICK, "logger=csv", "trainer.max_steps=4", f"run_dir={run}")
-    _ok(proc)
+    check_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     for key in (
         "method",
@@ -46,22 +51,18 @@ def test_pretrain_then_linear_and_knn_eval(tmp_path):
         "data.batch_size=64",
         f"run_dir={lin}",
     )
-    _ok(proc)
+    check_ok(proc)
     result = json.loads((lin / "summary.json").read_text())
     assert 0 <= result["top1"] <= result["top5"] <= 1 and result["epochs"] == 2
 
     knn = tmp_path / "knn"
-    _ok(
+    check_ok(
         run_cli(
             "linear_eval.py", f"ckpt={run / 'checkpoints' / 'last.ckpt'}", "mode=knn", "logger=none", f"run_dir={knn}"
         )
     )
     result = json.loads((knn / "summary.json").read_text())
     assert result["mode"] == "knn" and 0.3 < result["top1"] <= result["top5"] <= 1  # digits: far above chance
-
-
-def _state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
@@ -74,25 +75,17 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
         "seed=3",
     )
     straight = tmp_path / "straight"
-    _ok(run_cli("train.py", *common, f"run_dir={straight}"))
+    check_ok(run_cli("train.py", *common, f"run_dir={straight}"))
     # an interrupted run: only the checkpoint written after epoch 1 survives (resume=auto picks the newest)
     resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    (resumed / "checkpoints" / "epoch0000.ckpt").write_bytes((straight / "checkpoints" / "epoch0000.ckpt").read_bytes())
+    interrupted_copy(straight, resumed)
     proc = run_cli("train.py", *common, f"run_dir={resumed}", "resume=auto")
-    _ok(proc)
-    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(resumed / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 6
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for sa, sb in zip(
-        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
-    ):
-        for key in sa:
-            assert torch.equal(sa[key], sb[key])
+    check_ok(proc)
+    a, b = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (straight, resumed))
+    assert a["global_step"] == 6
+    assert_same_training_state(a, b)
     # and the interrupted checkpoint really was a different point of training
-    mid = _state(straight / "checkpoints" / "epoch0000.ckpt")
+    mid = load_checkpoint(straight / "checkpoints" / "epoch0000.ckpt")
     assert mid["global_step"] == 3
     first = next(k for k in a["state_dict"] if k.startswith("backbone.") and k.endswith("weight"))
     assert not torch.equal(mid["state_dict"][first], a["state_dict"][first])
@@ -109,7 +102,7 @@ def test_wandb_logs_offline_without_an_api_key(tmp_path):
         f"run_dir={run}",
         env=cli_env(HOME=str(tmp_path)),
     )
-    _ok(proc)
+    check_ok(proc)
     offline = list((run / "wandb").glob("offline-run-*"))
     assert len(offline) == 1 and list(offline[0].glob("run-*.wandb"))
     assert json.loads((run / "summary.json").read_text())["method"] == "hcl"
@@ -122,7 +115,7 @@ def test_a_wandb_failure_does_not_stop_training(tmp_path):
     proc = run_cli(
         "train.py", *QUICK[1:], "method=dcl", "logger=wandb", "trainer.max_steps=2", f"run_dir={run}", env=env
     )
-    _ok(proc)
+    check_ok(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["global_step"] == 2 and summary["method"] == "dcl" and summary["estimator"] == "dcl"
     assert "W&B logging failed" in proc.stderr + proc.stdout

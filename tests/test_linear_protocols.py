@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cssl.eval.probe import EpochResult, last_and_best
-from tests.conftest import QUICK, compose, run_inprocess
+from tests.conftest import QUICK, TinyNet, compose, run_inprocess
 
 FAST = (
     "logger=none",
@@ -90,10 +90,7 @@ def test_backbone_bn_train_re_estimates_statistics_and_keeps_weights():
     from cssl.models.optim import OptimSettings
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(
-        torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten()
-    )
-    net.num_features = 4
+    net = TinyNet(4, relu=False, padding=0)  # net[1]: the BN layer
     x = torch.randn(8, 3, 6, 6) * 3 + 1
     for mode, moves in (("train", True), ("eval", False)):
         probe = LinearProbe(net, num_classes=3, batch_size=8, optim=OptimSettings(), backbone_bn=mode).train()

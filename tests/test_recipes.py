@@ -6,30 +6,16 @@ from dataclasses import replace
 from functools import cache
 
 import pytest
-import torch.nn as nn
 
 from cssl import recipes
 from cssl.methods import method_class
 from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
 from cssl.runtime import run
-from tests.conftest import REPO
+from tests.conftest import REPO, StandIn
 
 TABLE = recipes.load_table()
 EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.yaml"))
-
-
-class Tiny(nn.Module):
-    """A stand-in backbone: building a method then checks its arguments in milliseconds."""
-
-    num_features = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 8)
-
-    def forward(self, x):  # (B, 3, H, W) -> (B, 8)
-        return self.fc(x.mean((2, 3)))
 
 
 @cache
@@ -58,7 +44,7 @@ def test_every_row_holds_in_the_composed_config_and_its_objects_build(name):
     options = run.plain(cfg.method)
     cls = method_class(options.pop("name"))
     cls(
-        Tiny(),
+        StandIn(),
         num_classes=10,
         batch_size=cfg.data.batch_size,
         optim=OptimSettings(**run.plain(cfg.optimizer)),

@@ -10,6 +10,18 @@ from cssl.models.backbones import build_backbone, list_backbones
 from cssl.pretrain import pretrain
 from tests.conftest import REPO, compose
 
+#: Two training steps, one validation batch, every metric and diagnostic logged.
+TWO_STEPS = (
+    "logger=none",
+    "trainer.progress_bar=false",
+    "trainer.max_steps=2",
+    "trainer.limit_val_batches=1",
+    "data.batch_size=16",
+    "data.bank_limit=64",
+    "trainer.log_every_n_steps=1",
+    "diagnostics.every_n_steps=1",
+)
+
 
 @pytest.mark.parametrize("name", [*list_backbones(), "timm:resnet10t"])
 @pytest.mark.parametrize("cifar_stem", [False, True])
@@ -33,14 +45,7 @@ def test_every_method_trains_a_few_steps(method, tmp_path):
         "train",
         [
             f"method={method}",
-            "logger=none",
-            "trainer.progress_bar=false",
-            "trainer.max_steps=2",
-            "trainer.limit_val_batches=1",
-            "data.batch_size=16",
-            "data.bank_limit=64",
-            "trainer.log_every_n_steps=1",
-            "diagnostics.every_n_steps=1",
+            *TWO_STEPS,
             f"run_dir={tmp_path}",
         ],
     )
@@ -99,14 +104,7 @@ def test_every_method_trains_with_negative_selection_and_the_curriculum(method, 
             "method.curriculum=linear",
             "backbone=timm:test_resnet",
             "method.proj_hidden_dim=32",
-            "logger=none",
-            "trainer.progress_bar=false",
-            "trainer.max_steps=2",
-            "trainer.limit_val_batches=1",
-            "data.batch_size=16",
-            "data.bank_limit=64",
-            "trainer.log_every_n_steps=1",
-            "diagnostics.every_n_steps=1",
+            *TWO_STEPS,
             "diagnostics.embedding=false",
             f"run_dir={tmp_path}",
         ],

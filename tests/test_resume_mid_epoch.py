@@ -13,8 +13,8 @@ import json
 import pytest
 
 from cssl.runtime.checkpoint import resume_candidates
-from tests.conftest import QUICK
-from tests.interrupt import clean_env, finish, kill_group, load, max_difference, start, train_cmd, wait_for
+from tests.conftest import QUICK, load_checkpoint
+from tests.interrupt import clean_env, finish, kill_group, max_difference, start, train_cmd, wait_for
 
 STEPS_PER_EPOCH = 5
 COMMAND = (
@@ -42,7 +42,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     first = start(train_cmd(*COMMAND, f"run_dir={run_dir}"), env, root / "first.log")
     wait_for(first, lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
     kill_group(first)
-    killed_at = load(resume_candidates(run_dir)[0])["global_step"]  # what resume=auto will take
+    killed_at = load_checkpoint(resume_candidates(run_dir)[0])["global_step"]  # what resume=auto will take
     again = start(train_cmd(*COMMAND, f"run_dir={run_dir}"), env, root / "again.log")
     log = finish(again, root / "again.log")
     return {"root": root, "run_dir": run_dir, "killed_at": killed_at, "log": log}
@@ -52,7 +52,10 @@ def test_sigkill_mid_epoch_then_same_command_ends_with_the_uninterrupted_tensors
     root = runs["root"]
     assert runs["killed_at"] % STEPS_PER_EPOCH != 0  # the run really was killed inside an epoch
     assert "Restoring states from the checkpoint path" in runs["log"]
-    a, b = load(root / "straight" / "checkpoints" / "last.ckpt"), load(runs["run_dir"] / "checkpoints" / "last.ckpt")
+    a, b = (
+        load_checkpoint(root / "straight" / "checkpoints" / "last.ckpt"),
+        load_checkpoint(runs["run_dir"] / "checkpoints" / "last.ckpt"),
+    )
     assert a["global_step"] == b["global_step"] == 2 * STEPS_PER_EPOCH
     assert any("queue" in k for k in a["state_dict"]) and any("momentum" in k or "key" in k for k in a["state_dict"])
     assert max_difference(a, b) <= 1e-6
@@ -67,4 +70,4 @@ def test_step_checkpoints_are_bounded_and_last_is_the_newest(runs: dict) -> None
     # keep_last=2 of the step files (2, 4, ..., 10), and last.ckpt; every_n_epochs=10 writes no epoch file
     assert sorted(p.name for p in folder.glob("*.ckpt")) == ["last.ckpt", "step00000008.ckpt", "step00000010.ckpt"]
     newest = max(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    assert newest.name == "last.ckpt" and load(newest)["global_step"] == 2 * STEPS_PER_EPOCH
+    assert newest.name == "last.ckpt" and load_checkpoint(newest)["global_step"] == 2 * STEPS_PER_EPOCH

@@ -16,6 +16,7 @@ from cssl.methods import base as base_module
 from cssl.methods.simclr import SimCLR
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
+from tests.conftest import TinyNet
 
 # aten ops that copy a device value to the host, or whose output size depends on tensor values (both wait
 # for the device): .item(), bool(t), int(t), float(t), `if t:` all end in _local_scalar_dense.
@@ -70,9 +71,7 @@ def tiny_method(name: str) -> torch.nn.Module:
         "mochi": {"queue_size": 32, "n_hard": 8, "s": 4, "s_prime": 2, "mochi_warmup_epochs": 0},
         "adco": {"bank_size": 8},  # full after the first step (the steady state)
     }
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 6, 3, padding=1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    net.num_features = 6
-    return METHODS[name](net, **options, **extra.get(name, {}))
+    return METHODS[name](TinyNet(6, bn=False, relu=False), **options, **extra.get(name, {}))
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))

@@ -4,7 +4,6 @@
 from pathlib import Path
 
 import pytest
-import torch.nn as nn
 import yaml
 from omegaconf import OmegaConf
 from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
@@ -12,7 +11,7 @@ from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
 from cssl.methods import method_class
 from cssl.models.optim import OptimSettings
 from cssl.runtime.loggers import run_group, run_tags
-from tests.conftest import REPO, compose
+from tests.conftest import REPO, StandIn, compose
 
 SWEEPS = sorted((REPO / "configs" / "sweep").glob("*.yaml"))
 COMMAND = ["${env}", "${interpreter}", "${program}", "${args_no_hyphens}"]
@@ -48,19 +47,6 @@ def choices(spec: dict) -> list:
     if "value" in spec:
         return [spec["value"]]
     return [spec["min"], spec["max"]]
-
-
-class Tiny(nn.Module):
-    """A stand-in backbone, so that building a method checks its arguments in milliseconds."""
-
-    num_features = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 8)
-
-    def forward(self, x):  # (B, 3, H, W) -> (B, 8)
-        return self.fc(x.mean((2, 3)))
 
 
 def test_the_standard_questions_have_sweeps() -> None:
@@ -119,7 +105,7 @@ def test_sweep_parameters_compose_with_the_hydra_config(path: Path) -> None:
                 assert OmegaConf.select(cfg, key) == value, f"{key}={value} did not reach the config"
         options = OmegaConf.to_container(cfg.method, resolve=True)
         cls = method_class(options.pop("name"))
-        cls(Tiny(), num_classes=10, batch_size=cfg.data.batch_size, optim=OptimSettings(**cfg.optimizer), **options)
+        cls(StandIn(), num_classes=10, batch_size=cfg.data.batch_size, optim=OptimSettings(**cfg.optimizer), **options)
 
 
 def test_default_group_and_tags() -> None:

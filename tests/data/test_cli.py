@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
+from tests.conftest import run_cli
 from tests.data import fabricate as F
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"PYTHONPATH": str(REPO), "HYDRA_FULL_ERROR": "0", "PYTHONWARNINGS": "ignore"})
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli("train.py", *args, timeout=600)
 
 
 def cifar_args(root: Path, run_dir: Path) -> list[str]:

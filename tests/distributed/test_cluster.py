@@ -27,7 +27,8 @@ from pathlib import Path
 import pytest
 
 from cssl.runtime.checkpoint import resume_candidates
-from tests.interrupt import REPO, clean_env, finish, kill_group, load, max_difference, start, train_cmd, wait_for
+from tests.conftest import load_checkpoint, run_cli
+from tests.interrupt import REPO, clean_env, finish, kill_group, max_difference, start, train_cmd, wait_for
 
 STEPS_PER_EPOCH = 5
 COMMAND = (
@@ -80,7 +81,7 @@ def slurm_env(rank: int, port: int, bin_dir: Path, **extra: str) -> dict[str, st
 
 
 def final_state(run_dir: Path) -> tuple[dict, dict]:
-    return load(run_dir / "checkpoints" / "last.ckpt"), json.loads((run_dir / "summary.json").read_text())
+    return load_checkpoint(run_dir / "checkpoints" / "last.ckpt"), json.loads((run_dir / "summary.json").read_text())
 
 
 def assert_same_training(reference: tuple[dict, dict], other: tuple[dict, dict]) -> None:
@@ -155,7 +156,7 @@ def test_slurm_job_survives_a_node_failure_and_a_time_limit_requeue(root: Path, 
     for task in tasks:
         kill_group(task)
     resume_from = resume_candidates(run_dir)[0]
-    killed_at = load(resume_from)["global_step"]
+    killed_at = load_checkpoint(resume_from)["global_step"]
     assert killed_at % STEPS_PER_EPOCH != 0  # inside an epoch
 
     # 2. the job runs again until SLURM signals its time limit, in the second epoch
@@ -167,7 +168,7 @@ def test_slurm_job_survives_a_node_failure_and_a_time_limit_requeue(root: Path, 
     assert calls.read_text().split() == ["requeue", "4242"]
     hpc = list(run_dir.glob("hpc_ckpt_*.ckpt"))
     assert [p.name for p in hpc] == ["hpc_ckpt_1.ckpt"]
-    stopped_at = load(hpc[0])["global_step"]
+    stopped_at = load_checkpoint(hpc[0])["global_step"]
     assert 6 <= stopped_at < 2 * STEPS_PER_EPOCH
     assert resume_candidates(run_dir)[0] == hpc[0]  # the newest: what the requeued job resumes from
     assert not (run_dir / "summary.json").exists()  # the job stopped, it did not finish
@@ -202,14 +203,7 @@ def test_slurm_job_survives_a_node_failure_and_a_time_limit_requeue(root: Path, 
 )
 def test_a_bad_launch_is_one_line_and_exit_2_not_a_hang(root: Path, env: dict, args: tuple, message: str) -> None:
     started = time.monotonic()
-    proc = subprocess.run(
-        train_cmd(*COMMAND, *args, f"run_dir={root / 'bad'}"),
-        cwd=REPO,
-        env=clean_env(**env),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = run_cli("train.py", *COMMAND, *args, f"run_dir={root / 'bad'}", env=clean_env(**env), timeout=120)
     assert proc.returncode == 2, proc.stderr[-2000:]
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: launch: ") and message in lines[0], proc.stderr

@@ -7,9 +7,7 @@ Both runs share one module fixture (each costs two interpreter start-ups); the t
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,8 +17,9 @@ from cssl.data import build_datamodule
 from cssl.data.augment import EvalTransform
 from cssl.eval.knn import knn_predict
 from cssl.models.backbones import build_backbone
+from tests.conftest import load_checkpoint, run_cli
+from tests.interrupt import clean_env
 
-REPO = Path(__file__).resolve().parents[2]
 BATCH = 16
 BANK = 400  # even, so DistributedSampler splits the kNN bank without padding duplicates
 COMMAND = (
@@ -35,21 +34,10 @@ COMMAND = (
     "diagnostics.embedding=false",
     "backbone=timm:test_resnet",
 )
-# launcher variables of an enclosing job would make Lightning join that job instead of spawning its own ranks
-LAUNCH_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK")
 
 
 def _train(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in LAUNCH_VARS and not k.startswith(("SLURM_", "WANDB_"))}
-    env.update({"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"})
-    return subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *COMMAND, f"run_dir={run_dir}", *extra],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("train.py", *COMMAND, f"run_dir={run_dir}", *extra, env=clean_env(), timeout=300)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     after_first = {
         "summary": json.loads((run_dir / "summary.json").read_text()),
         "files": sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()),
-        "ckpt": torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True),
+        "ckpt": load_checkpoint(run_dir / "checkpoints" / "last.ckpt"),
     }
     second = _train(run_dir, "trainer.max_steps=6", "resume=auto")
     assert second.returncode == 0, second.stderr[-3000:]
@@ -72,7 +60,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
         "second": second,
         "after_first": after_first,
         "summary": json.loads((run_dir / "summary.json").read_text()),
-        "ckpt": torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True),
+        "ckpt": load_checkpoint(run_dir / "checkpoints" / "last.ckpt"),
     }
 
 

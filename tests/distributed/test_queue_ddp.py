@@ -7,6 +7,7 @@ from cssl.contrastive import QueuePool
 from cssl.contrastive.momentum import encode_keys, resolve_key_bn
 from cssl.methods.moco import MoCo
 from cssl.models.optim import OptimSettings
+from tests.conftest import TinyNet
 from tests.distributed.harness import run_ranks
 
 K, D, B = 10, 3, 3  # B per rank: the global batch of 6 does not divide K, so the ring wraps mid-batch
@@ -19,10 +20,14 @@ def _global_batches() -> list[torch.Tensor]:
 
 def _tiny_moco() -> MoCo:
     torch.manual_seed(0)  # every rank builds the same model (DDP would broadcast it anyway)
-    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-    net.num_features = 4
     return MoCo(
-        net, num_classes=3, batch_size=4, optim=OptimSettings(), queue_size=16, proj_hidden_dim=8, proj_output_dim=4
+        TinyNet(4, padding=0),
+        num_classes=3,
+        batch_size=4,
+        optim=OptimSettings(),
+        queue_size=16,
+        proj_hidden_dim=8,
+        proj_output_dim=4,
     )
 
 

@@ -3,26 +3,18 @@
 from __future__ import annotations
 
 import torch
-import torch.nn as nn
 
 from cssl.methods.adco import AdCo
 from cssl.models.optim import OptimSettings
+from tests.conftest import TinyNet
 
-B, D = 4, 8
+B, D, WIDTH = 4, 8, 6
 MOCO_T, MEM_T, MEM_LR, MEM_M, MEM_WD = 0.12, 0.2, 0.5, 0.9, 1e-4
 
 
-class TinyNet(nn.Module):
+def tiny_net() -> TinyNet:
     """Conv + global pool, no BN: rows are independent, so batch composition cannot change a row."""
-
-    num_features = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+    return TinyNet(WIDTH, bn=False)
 
 
 def tiny_adco(seed: int = 0, **kwargs) -> AdCo:
@@ -43,4 +35,4 @@ def tiny_adco(seed: int = 0, **kwargs) -> AdCo:
         "proj_output_dim": D,
         **kwargs,
     }
-    return AdCo(TinyNet(), **options)
+    return AdCo(tiny_net(), **options)

@@ -22,8 +22,8 @@ from cssl.methods.adco import AdCo
 from cssl.methods.simclr import SimCLR
 from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
-from tests.conftest import REPO, cli_env, run_cli
-from tests.methods.adco_helpers import MEM_LR, MEM_M, MEM_T, MEM_WD, MOCO_T, B, TinyNet, tiny_adco
+from tests.conftest import REPO, cli_env, load_checkpoint, run_cli
+from tests.methods.adco_helpers import MEM_LR, MEM_M, MEM_T, MEM_WD, MOCO_T, WIDTH, B, tiny_adco, tiny_net
 
 
 def _images(n: int, size: int, seed: int) -> torch.Tensor:
@@ -60,7 +60,7 @@ def test_network_loss_and_bank_step_match_explicit_formulas():
     expected_loss, expected_w = _explicit_step(model, views, [(0, 1, 1.0)])
     loss, feats, logs = model.contrastive_step(views)
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
-    assert feats.shape == (B, TinyNet.num_features) and "train/mem_loss" in logs
+    assert feats.shape == (B, WIDTH) and "train/mem_loss" in logs
     key_before = [p.clone() for p in model.key_encoder.parameters()]
     with torch.no_grad():
         for p in model.backbone.parameters():
@@ -94,7 +94,7 @@ def test_any_estimator_runs_on_the_adversarial_pool():
 
 def test_simclr_ignores_extra_views():
     torch.manual_seed(0)
-    model = SimCLR(TinyNet(), num_classes=3, batch_size=B, optim=OptimSettings(), proj_hidden_dim=10)
+    model = SimCLR(tiny_net(), num_classes=3, batch_size=B, optim=OptimSettings(), proj_hidden_dim=10)
     views = [_images(B, 8, 1), _images(B, 8, 2)]
     two = model.contrastive_step(views)[0]
     more = model.contrastive_step([*views, _images(B, 6, 3), _images(B, 4, 4)])[0]
@@ -227,7 +227,7 @@ def _finish(proc: subprocess.Popen) -> None:
 
 
 def _state(path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+    return load_checkpoint(path)["state_dict"]
 
 
 def test_cli_runs_with_and_without_multicrop_and_resumes_the_bank_exactly(tmp_path):

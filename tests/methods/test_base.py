@@ -8,11 +8,11 @@ from cssl.contrastive.estimators import annealed_beta
 from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.models.optim import OptimSettings
+from tests.conftest import TinyNet
 
 
 def _tiny(name: str, **kwargs):
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
-    net.num_features = 4
+    net = TinyNet(4, bn=False, relu=False, padding=0)
     extra = {"moco": {"queue_size": 8}, "mochi": {"queue_size": 8, "n_hard": 4}, "adco": {"bank_size": 8}}
     return METHODS[name](
         net, num_classes=3, batch_size=4, optim=OptimSettings(), proj_hidden_dim=8, **extra.get(name, {}), **kwargs

@@ -22,7 +22,15 @@ from cssl.methods import METHODS
 from cssl.methods.byol import BYOL, projection_std
 from cssl.models.optim import OptimSettings
 from cssl.report import build_report, load_local
-from tests.conftest import QUICK, compose, run_inprocess
+from tests.conftest import (
+    QUICK,
+    TinyNet,
+    assert_same_training_state,
+    compose,
+    interrupted_copy,
+    load_checkpoint,
+    train_inprocess,
+)
 
 B = 6
 # NEGATIVES.md 3.4
@@ -41,18 +49,6 @@ def unit_distance(p: np.ndarray, z: np.ndarray) -> np.ndarray:
     a = p / np.linalg.norm(p, axis=1, keepdims=True)
     b = z / np.linalg.norm(z, axis=1, keepdims=True)
     return ((a - b) ** 2).sum(1)
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
-        self.num_features = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 def make(**kwargs) -> BYOL:
@@ -262,17 +258,6 @@ def test_contrastive_keys_are_not_in_the_config():
 
 
 # -- command line: train, exact resume, report --------------------------------------------------------------
-def train(*args: str) -> None:
-    """``python train.py args...`` in this process (compose, the CLI's error guard, pretrain): no new
-    interpreter to import torch into twice."""
-    code, err = run_inprocess("train", list(args))
-    assert code == 0, err[-3000:]
-
-
-def _state(path: Path) -> dict:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def test_cli_trains_resumes_exactly_and_reports(tmp_path):
     common = (
         *QUICK,
@@ -287,7 +272,7 @@ def test_cli_trains_resumes_exactly_and_reports(tmp_path):
         "seed=3",
     )
     straight = tmp_path / "straight"
-    train(*common, f"run_dir={straight}")
+    train_inprocess(*common, f"run_dir={straight}")
     summary = json.loads((straight / "summary.json").read_text())
     assert summary["method"] == "byol" and summary["estimator"] is None and summary["global_step"] == 6
     assert summary["tags"] == ["method=byol", "data=digits"]  # no estimator tag
@@ -302,21 +287,13 @@ def test_cli_trains_resumes_exactly_and_reports(tmp_path):
 
     # an interrupted run: only the checkpoint written after epoch 1 survives (resume=auto picks the newest)
     resumed = tmp_path / "resumed"
-    (resumed / "checkpoints").mkdir(parents=True)
-    (resumed / "checkpoints" / "epoch0000.ckpt").write_bytes((straight / "checkpoints" / "epoch0000.ckpt").read_bytes())
-    train(*common, f"run_dir={resumed}", "resume=auto")
-    a, b = _state(straight / "checkpoints" / "last.ckpt"), _state(resumed / "checkpoints" / "last.ckpt")
-    assert a["global_step"] == b["global_step"] == 6
-    assert a["state_dict"].keys() == b["state_dict"].keys()
-    for key, value in a["state_dict"].items():
-        assert torch.equal(value, b["state_dict"][key]), key
-    for sa, sb in zip(
-        a["optimizer_states"][0]["state"].values(), b["optimizer_states"][0]["state"].values(), strict=True
-    ):
-        for key in sa:
-            assert torch.equal(sa[key], sb[key])
+    interrupted_copy(straight, resumed)
+    train_inprocess(*common, f"run_dir={resumed}", "resume=auto")
+    a, b = (load_checkpoint(run / "checkpoints" / "last.ckpt") for run in (straight, resumed))
+    assert a["global_step"] == 6
+    assert_same_training_state(a, b)
     # the target moved between the checkpoints and stays behind the online network
-    mid = _state(straight / "checkpoints" / "epoch0000.ckpt")["state_dict"]
+    mid = load_checkpoint(straight / "checkpoints" / "epoch0000.ckpt")["state_dict"]
     target = next(k for k in a["state_dict"] if k.startswith("key_encoder.encoder.0.") and k.endswith("weight"))
     online = target.replace("key_encoder.encoder.0.", "backbone.")
     assert not torch.equal(mid[target], a["state_dict"][target])

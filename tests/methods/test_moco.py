@@ -1,9 +1,7 @@
 import copy
 import json
 import math
-import os
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,22 +18,10 @@ from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.methods.moco import MoChi, MoCo
 from cssl.models.optim import OptimSettings
+from tests.conftest import REPO, TinyNet, check_ok, load_checkpoint, run_cli
 from tests.contrastive.reference import reference_loss
 
-REPO = Path(__file__).resolve().parents[2]
 B = 6
-
-
-class TinyNet(nn.Module):
-    def __init__(self, width: int = 8) -> None:
-        super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(3, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
-        self.num_features = width
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x)
 
 
 def make(cls=MoCo, **kwargs) -> MoCo:
@@ -187,7 +173,7 @@ def test_query_bn_splits_equals_the_demos_split_batch_norm():
     model = make(query_bn_splits=3).train()
     x = torch.randn(B, 3, 5, 5, generator=torch.Generator().manual_seed(4))
     reference = copy.deepcopy(model.backbone)
-    reference.body[1] = _ReshapeSplitBN(reference.body[1], 3)
+    reference[1] = _ReshapeSplitBN(reference[1], 3)
     assert torch.allclose(model.query_features(x), reference(x), atol=1e-5)
     whole = model.backbone(x)
     assert not torch.allclose(model.query_features(x), whole, atol=1e-3)  # BN statistics per group differ
@@ -336,18 +322,7 @@ QUICK = (
 
 
 def train(*args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
-    env.update({"PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore"})
-    proc = subprocess.run(
-        [sys.executable, str(REPO / "train.py"), *QUICK, *args],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return proc
+    return check_ok(run_cli("train.py", *QUICK, *args, timeout=600))
 
 
 def _summary(run: Path) -> dict:
@@ -355,7 +330,7 @@ def _summary(run: Path) -> dict:
 
 
 def _ckpt(run: Path) -> dict:
-    return torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    return load_checkpoint(run / "checkpoints" / "last.ckpt")
 
 
 def test_cli_moco_then_resume_restores_the_queue(tmp_path):

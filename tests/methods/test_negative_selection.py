@@ -9,7 +9,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 import yaml
 from omegaconf import OmegaConf
@@ -24,32 +23,21 @@ from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 from cssl.models.optim import OptimSettings
 from cssl.pretrain import build_views
-from tests.conftest import QUICK, REPO, compose, run_cli, run_inprocess
+from tests.conftest import QUICK, REPO, StandIn, compose, run_cli, run_inprocess
 from tests.contrastive.test_negatives import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit
 from tests.methods.adco_helpers import B, tiny_adco
-
-
-class Tiny(nn.Module):
-    num_features = 8
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.fc = nn.Linear(3, 8)
-
-    def forward(self, x):  # (B, 3, H, W) -> (B, 8)
-        return self.fc(x.mean((2, 3)))
 
 
 def simclr(**kwargs) -> SimCLR:
     torch.manual_seed(0)
     options = {"temperature": 0.5, "proj_hidden_dim": 16, "proj_output_dim": 4, **kwargs}
-    return SimCLR(Tiny(), num_classes=3, batch_size=3, optim=OptimSettings(), **options)
+    return SimCLR(StandIn(), num_classes=3, batch_size=3, optim=OptimSettings(), **options)
 
 
 def moco(cls=MoCo, **kwargs) -> MoCo:
     torch.manual_seed(0)
     options = {"temperature": 0.5, "queue_size": 10, "proj_hidden_dim": 16, "proj_output_dim": 4, "key_bn": "none"}
-    model = cls(Tiny(), num_classes=3, batch_size=2, optim=OptimSettings(), **{**options, **kwargs})
+    model = cls(StandIn(), num_classes=3, batch_size=2, optim=OptimSettings(), **{**options, **kwargs})
     model.queue.queue.copy_(unit(QUEUE))
     return model
 
@@ -266,7 +254,7 @@ def test_config_defaults_are_the_official_values():
     assert {key: cfg.method[key] for key in expected} == expected
     for name in ("simclr", "moco", "adco"):
         options = OmegaConf.to_container(compose("train", [f"method={name}"]).method)
-        method_class(options.pop("name"))(Tiny(), num_classes=3, batch_size=4, optim=OptimSettings(), **options)
+        method_class(options.pop("name"))(StandIn(), num_classes=3, batch_size=4, optim=OptimSettings(), **options)
 
 
 def test_support_views_come_last_from_the_data_pipeline():

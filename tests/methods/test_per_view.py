@@ -4,34 +4,19 @@ import copy
 
 import pytest
 import torch
-import torch.nn as nn
 
 from cssl.contrastive import nt_xent
 from cssl.core.errors import ConfigError
 from cssl.methods import METHODS
 from cssl.models.optim import OptimSettings
-
-
-class BNNet(nn.Module):
-    """Conv + BN + pool: BN in train mode normalises with the statistics of whatever batch it sees."""
-
-    num_features = 6
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten()
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+from tests.conftest import TinyNet
 
 
 def _model(name: str, per_view: bool, **kwargs):
     torch.manual_seed(0)
     extra = {"adco": {"bank_size": 8, "bank_init": "random"}}.get(name, {})
     return METHODS[name](
-        BNNet(),
+        TinyNet(6),  # BN in train mode normalises with the statistics of whatever batch it sees
         num_classes=3,
         batch_size=4,
         optim=OptimSettings(),
