@@ -84,7 +84,6 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     untrained_backbone = build_method(cfg, data.num_classes, data.batch_size, stem).backbone
 
-    data.eval_transform = run.eval_transform(data)  # the probe's features: the run's evaluation images
     probes = {
         name: baselines.evaluate_features(
             baselines.encoder_features(backbone.eval(), data), k=20, temperature=0.07, seed=seed

@@ -11,7 +11,7 @@ import torch.nn as nn
 from cssl import recipes
 from cssl.methods import method_class
 from cssl.models.optim import OptimSettings
-from cssl.pretrain import build_views
+from cssl.pretrain import pretrain_views
 from cssl.runtime import run
 from tests.conftest import REPO
 
@@ -65,7 +65,7 @@ def test_every_row_holds_in_the_composed_config_and_its_objects_build(name):
         **options,
     )
     data = run.build_data(cfg, train_split="pretrain", train_transform=None)
-    views = build_views(cfg, data.image_size, data.mean, data.std)
+    views = pretrain_views(cfg).transform(data.image_size, data.mean, data.std)
     assert len(views.views) == 2 + len(cfg.data.multicrop.sizes if cfg.data.multicrop else [])
 
 

@@ -187,16 +187,15 @@ class RNGState(pl.Callback):
 
 
 class FinishStep(pl.Callback):
-    """Completes the method's work of a step (MoCo's enqueue of the keys, AdCo's bank ascent and EMA step:
-    ``after_optimizer_step``) before any checkpoint of that step is written. Lightning calls the callbacks'
+    """Completes the method's work of a step (enqueueing keys, a bank's ascent, EMA steps: the module's
+    ``finish_batch``) before any checkpoint of that step is written. Lightning calls the callbacks'
     ``on_train_batch_end`` before the module's, so a step checkpoint would otherwise hold a step half done.
-    Put it first among the callbacks; ``after_optimizer_step`` runs once, the module's own call finds nothing
-    left to do."""
+    Put it first among the callbacks; ``finish_batch`` runs once per batch, the module's own call skips it."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        after = getattr(pl_module, "after_optimizer_step", None)
-        if after is not None:
-            after()
+        finish = getattr(pl_module, "finish_batch", None)
+        if finish is not None:
+            finish()
 
 
 class MetricStates(pl.Callback):

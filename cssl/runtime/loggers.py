@@ -12,8 +12,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
 from cssl.core.errors import ConfigError
 
@@ -204,3 +206,21 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
             continue
         out[str(name)] = number if math.isfinite(number) else None
     return dict(sorted(out.items()))
+
+
+def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_values: int = 100_000) -> None:
+    """Histograms of positive and negative similarities to W&B (other loggers: nothing)."""
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    neg = neg.flatten()
+    if neg.numel() > max_values:
+        neg = neg[torch.randint(neg.numel(), (max_values,), device=neg.device)]
+    logger.log_metrics(
+        {
+            "neg/pos_sim_hist": wandb.Histogram(pos.float().cpu().numpy()),
+            "neg/neg_sim_hist": wandb.Histogram(neg.float().cpu().numpy()),
+        },
+        step=step,
+    )

@@ -16,7 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
 from cssl.core.errors import ConfigError, check
-from cssl.data import EvalTransform, ImageDataModule, build_datamodule
+from cssl.data import ImageDataModule, build_datamodule
+from cssl.data.plan import ViewPlan
 from cssl.runtime import slurm
 from cssl.runtime.checkpoint import AtomicCheckpointIO
 from cssl.runtime.loggers import build_logger
@@ -38,30 +39,16 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def build_data(
-    cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None
-) -> ImageDataModule:
-    """The data module of ``cfg.data`` (augmentation options excluded: the caller builds the transforms)."""
+def build_data(cfg: DictConfig, *, train_split: str, views: ViewPlan | None = None, **extra: Any) -> ImageDataModule:
+    """The data module of ``cfg.data`` with the training ``views`` (the caller's plan: the augmentation keys
+    of ``cfg.data`` are read there) and ``extra`` constructor options (``val_views``, ``val_bank``, ...)."""
     options = {
         k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "augment_per_view", "multicrop")
     }
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
-    data = build_datamodule(
-        str(cfg.data.name),
-        train_split=train_split,
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        **options,
-    )
-    data.seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
-    return data
-
-
-def eval_transform(data: ImageDataModule) -> EvalTransform:
-    """The deterministic evaluation transform of ``data``: side ``data.eval_image_size`` (the kNN monitor and
-    the linear-evaluation test set), the data's centre-crop rule and normalisation constants."""
-    return EvalTransform(data.eval_image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
+    return build_datamodule(str(cfg.data.name), train_split=train_split, views=views, seed=seed, **options, **extra)
 
 
 def build_trainer(
@@ -158,10 +145,3 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 @rank_zero_only
 def save_config(run_dir: Path, cfg: DictConfig) -> None:
     (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        f"{name} must be an integer >= {minimum}, got {value!r}",
-    )
