@@ -15,6 +15,7 @@ from typing import Any
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError
 
 LOGGERS = ("wandb", "csv", "none")
@@ -69,6 +70,14 @@ class SafeWandbLogger(WandbLogger):
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - logging must never kill training
             self._broken = True
+            fault = storage.find_os_error(err)
+            if fault is not None:  # the W&B folder on a full disk, a quota, a read-only file system
+                where = Path(fault.filename) if fault.filename else Path(self.save_dir or ".")
+                _warn(
+                    "warning: W&B logging failed and is now off for this run, training goes on: could not write "
+                    + storage.describe(where, fault)
+                )
+                return None
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             _warn(f"warning: W&B logging failed and is now off for this run ({type(err).__name__}: {first})")
             return None
