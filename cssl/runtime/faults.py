@@ -25,7 +25,7 @@ from cssl.core import storage
 from cssl.core.errors import RunError
 from cssl.runtime.preempt import Preempted
 
-CONTINUE = "nothing was written after the newest checkpoint; resume=auto continues from it"
+CONTINUE = "nothing was written after the newest checkpoint; the same command with resume=auto continues from it"
 
 
 class OutOfMemory(RunError):
@@ -81,7 +81,7 @@ def out_of_memory(err: BaseException, batch_size: int, accumulate: int = 1, prec
         ways += ", or trainer.precision=bf16-mixed"
     return (
         f"out of memory in a training step at data.batch_size={batch_size} per device ({device_memory()}{tried}); "
-        f"{ways}; {CONTINUE}"
+        f"{ways}; the checkpoints written so far are intact (another batch size starts best in a new run_dir)"
     )
 
 

@@ -122,7 +122,7 @@ class StopOnSignal(pl.Callback):
         return [s for s in (self.requeue, self.preempt) if s is not None]
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage != "fit":
+        if stage not in ("fit", "validate"):
             return
         self._pid, self._launcher = os.getpid(), trainer.strategy.launcher
         self._previous = {s: signal.getsignal(s) for s in self.signals}
@@ -131,8 +131,14 @@ class StopOnSignal(pl.Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._install()  # again: Lightning registers its SIGTERM handler between setup and here
 
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # the final validation after training: Lightning's handler would end it with exit status 0; here a
+        # preemption signal only starts the grace budget (no checkpoint to write: training is complete)
+        if trainer.state.fn == "validate":
+            self._install()
+
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
+        if stage in ("fit", "validate"):
             self._restore()
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
