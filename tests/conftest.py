@@ -118,6 +118,7 @@ def fill(folder: Path, leave: int) -> Path:
     st = os.statvfs(folder)
     free = st.f_bavail * st.f_frsize
     ballast = folder / "ballast"
-    with open(ballast, "wb") as f:
-        os.posix_fallocate(f.fileno(), 0, max(0, free - leave))
+    with open(ballast, "ab") as f:
+        if free > leave:
+            os.posix_fallocate(f.fileno(), f.tell(), free - leave)
     return ballast

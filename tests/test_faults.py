@@ -168,6 +168,12 @@ def test_the_space_warning_before_the_first_checkpoint(small_disk, capsys) -> No
     message = storage.short_of_space(disk, 2 * MiB, files, what)
     assert message is not None and "\n" not in message
     assert "about 2.0 MiB each" in message and "need 8.0 MiB" in message and f"{disk} has 4.0 MiB free" in message
+    assert "lower checkpoint.keep_last=" in message
+    message = storage.short_of_space(disk, 5 * MiB, *kept_checkpoints(0, 0, 2))
+    assert message == (
+        f"a checkpoint of about 5.0 MiB does not fit: {disk} has 4.0 MiB free, and the first checkpoint will "
+        "stop the run; free space or set run_dir= to a larger disk"
+    )
 
     class Module(torch.nn.Module):
         def __init__(self) -> None:
@@ -324,3 +330,31 @@ def test_other_failures_pass_through_unchanged() -> None:
     with pytest.raises(storage.StorageError, match="could not write /x/metrics.csv: disk quota exceeded"):
         with faults.translated(None, batch_size=2):
             raise OSError(errno.EDQUOT, "Disk quota exceeded", "/x/metrics.csv")
+
+
+def test_a_summary_that_does_not_fit_then_resume_writes_it(small_disk, monkeypatch) -> None:
+    disk = small_disk("16m")
+    run_dir = disk / "run"
+    overrides = [*QUICK, "data.batch_size=16", "trainer.max_epochs=1", "trainer.limit_train_batches=2"]
+    overrides += ["resume=auto", f"run_dir={run_dir}"]
+    write_summary = run.write_summary
+    ballast: list[Path] = []
+
+    def full_disk_first(folder, summary):
+        ballast.append(fill(disk, leave=0))  # the disk fills up while the run validates
+        write_summary(folder, summary)
+
+    monkeypatch.setattr(run, "write_summary", full_disk_first)
+    code, err = run_inprocess("train", overrides)
+    lines = err.strip().splitlines()
+    assert code == 1 and len(lines) == 1, err
+    assert lines[0].startswith(f"error: could not write {run_dir / 'summary.json'}: disk full (about ")
+    assert lines[0].endswith("once there is room, the same command (with resume=auto) writes it")
+    assert read_checkpoint(run_dir / "checkpoints" / "last.ckpt")["global_step"] == 2
+    assert not (run_dir / "summary.json").exists() and partial_files(run_dir) == []
+
+    monkeypatch.setattr(run, "write_summary", write_summary)
+    ballast[0].unlink()
+    code, err = run_inprocess("train", overrides)
+    assert code == 0, err
+    assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 2

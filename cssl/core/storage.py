@@ -201,11 +201,17 @@ def short_of_space(folder: Path, size: int, files: int, what: str) -> str | None
     free = free_bytes(folder)
     if free is None or free >= files * size:
         return None
+    where = f"{mount_point(folder)} has {human(free)} free"
+    if free < size:
+        return (
+            f"a checkpoint of about {human(size)} does not fit: {where}, and the first checkpoint will stop the "
+            "run; free space or set run_dir= to a larger disk"
+        )
+    fewer = ", or lower checkpoint.keep_last=" if "keep_last" in what else ""
     return (
-        f"checkpoints of about {human(size)} each: {what} need {human(files * size)}, and "
-        f"{mount_point(folder)} has {human(free)} free; free space, set run_dir= to a larger disk, or lower "
-        "checkpoint.keep_last= (the run goes on; a checkpoint that does not fit will stop it, the previous "
-        "one kept)"
+        f"checkpoints of about {human(size)} each: {what} need {human(files * size)}, and {where}; free space "
+        f"or set run_dir= to a larger disk{fewer} (the run goes on; a checkpoint that does not fit will stop "
+        "it, the previous one kept)"
     )
 
 

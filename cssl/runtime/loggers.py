@@ -89,6 +89,7 @@ class SafeWandbLogger(WandbLogger):
         if self._broken:
             return _DummyExperiment()
         result = self._guard(lambda: WandbLogger.experiment.fget(self))
+        storage.guard_log_files()  # W&B's own debug.log on a full disk: one warning, not a traceback per record
         return _DummyExperiment() if result is None else result
 
     def log_metrics(self, metrics: Any, step: Any = None) -> None:
