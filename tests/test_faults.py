@@ -358,3 +358,27 @@ def test_a_summary_that_does_not_fit_then_resume_writes_it(small_disk, monkeypat
     code, err = run_inprocess("train", overrides)
     assert code == 0, err
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 2
+
+
+def test_the_stop_waits_for_the_optimiser_step_and_for_the_epochs_end(tmp_path, monkeypatch) -> None:
+    """Not inside a gradient accumulation (those gradients are in no checkpoint), and at the epoch's last
+    batch only after its validation (a resumed run would skip it)."""
+    from types import SimpleNamespace
+
+    stop = preempt.StopOnSignal(tmp_path, preempt=signal.SIGTERM)
+    stops: list[tuple[int, list[int]]] = []
+    monkeypatch.setattr(stop, "_stop", lambda trainer, flags: stops.append((trainer.global_step, flags)))
+    progress = SimpleNamespace(is_last_batch=False)
+    trainer = SimpleNamespace(
+        global_step=4, world_size=1, fit_loop=SimpleNamespace(epoch_loop=SimpleNamespace(batch_progress=progress))
+    )
+    stop.flags[preempt.PREEMPT] = 1  # as the handler leaves it
+    stop.on_train_batch_start(trainer)
+    stop.on_train_batch_end(trainer)  # a micro-batch: no optimiser step
+    assert stops == []
+    stop.on_train_batch_start(trainer)
+    trainer.global_step, progress.is_last_batch = 5, True
+    stop.on_train_batch_end(trainer)  # the step is done, but it is the epoch's last batch
+    assert stops == []
+    stop.on_train_epoch_end(trainer, None)
+    assert stops == [(5, [0, 1])]

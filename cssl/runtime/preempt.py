@@ -11,9 +11,10 @@ the cluster").
   disk), the process exits at the deadline without a new file and the newest checkpoint stands; a second
   SIGTERM exits at once. Either way no partial file is left.
 
-The handler only raises a flag; at the next batch end the ranks agree on it (one all-reduce of two flags:
-any rank that got a signal counts), finish the step and write the checkpoint together, so a run resumed
-with ``resume=auto`` continues exactly. At the last batch of an epoch the stop waits for the epoch's
+The handler only raises a flag; at the batch end of the next optimiser step (not inside a gradient
+accumulation, whose gradients no checkpoint holds) the ranks agree on it (one all-reduce of two flags: any
+rank that got a signal counts), and write the checkpoint together, so a run resumed with ``resume=auto``
+continues exactly. At the last batch of an epoch the stop waits for the epoch's
 validation and end, which a resumed run would otherwise skip. Lightning's own handlers are replaced during
 training: its SLURM handler saves from inside the handler, wherever the step is, and its SIGTERM handler
 broadcasts from inside the handler and stops without a checkpoint.
@@ -116,6 +117,7 @@ class StopOnSignal(pl.Callback):
         self._pid: int | None = None
         self._timer: threading.Timer | None = None
         self._launcher: Any = None
+        self._step_before = -1
 
     @property
     def signals(self) -> list[signal.Signals]:
@@ -144,9 +146,12 @@ class StopOnSignal(pl.Callback):
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         self._restore()  # Lightning calls no teardown hook after an exception
 
+    def on_train_batch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        self._step_before = trainer.global_step
+
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        if self._deferred is not None:
-            return
+        if self._deferred is not None or trainer.global_step == self._step_before:
+            return  # in the middle of an accumulation the gradients so far are in no checkpoint: the step ends first
         flags = self._agree(trainer)
         if not any(flags):
             return
