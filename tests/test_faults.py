@@ -223,8 +223,11 @@ def test_wandb_on_a_full_disk_is_a_warning(capsys) -> None:
     assert len(err) == 1 and "training goes on: could not write /tmp/wandb/run-1/run-1.wandb: disk full" in err[0]
 
 
-def test_an_embedding_map_that_does_not_fit_is_a_warning(small_disk, capsys) -> None:
+def test_an_embedding_map_that_does_not_fit_is_a_warning(small_disk, capsys, monkeypatch) -> None:
+    import cssl.eval.embedding
     from cssl.pretrain import write_embedding_map
+
+    monkeypatch.setattr(cssl.eval.embedding, "project_2d", lambda feats, seed=0: (feats[:, :2], "first 2 axes"))
 
     class Model:
         last_val_embedding = (torch.randn(60, 8), torch.arange(60) % 3)
