@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 from omegaconf import DictConfig, open_dict
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_only
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError, check, check_int
 from cssl.data.folder import SkippedImages
 from cssl.data.plan import ViewPlan
@@ -19,12 +20,14 @@ from cssl.methods import ContrastiveMethod, Method, method_class
 from cssl.models import speed
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
-from cssl.runtime import launch, loggers, run, slurm
+from cssl.runtime import faults, launch, loggers, preempt, run, slurm
 from cssl.runtime.checkpoint import (
     FinishStep,
     MetricStates,
     RNGState,
+    SpaceCheck,
     find_checkpoint,
+    kept_checkpoints,
     newest_readable,
     read_checkpoint,
     step_checkpoints,
@@ -121,7 +124,11 @@ def write_embedding_map(model: Method, path: Path, step: int) -> None:
         return
     feats, labels = model.last_val_embedding
     title = f"{model.meta.get('method', '')} step {step}"
-    embedding_map(feats, labels, path, title=title)
+    try:
+        embedding_map(feats, labels, path, title=title)
+    except Exception as err:  # noqa: BLE001 - an optional output: a warning, and training goes on
+        storage.optional_output("embedding map", path, err)
+        return
     log_image(model.logger, "val/embedding", path, step)
 
 
@@ -183,6 +190,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     trainer_cfg = cfg.trainer
     launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
     run_dir = run.output_dir(cfg)
+    storage.guard_log_files()  # a log file on a full disk: one warning, not a traceback per record
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
     diagnosing = diagnostics_options(cfg)[0] > 0  # validation then also takes view pairs (val/alignment)
@@ -193,7 +201,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     apply_speed_options(cfg, model)
     resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
 
-    every = cfg.checkpoint.every_n_epochs
+    ck = cfg.checkpoint
+    every = ck.every_n_epochs
     check_int("checkpoint.every_n_epochs", every, 1)
     checkpoints = pl.callbacks.ModelCheckpoint(
         dirpath=str(run_dir / "checkpoints"),
@@ -223,14 +232,28 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         throughput,
         maps,
         SkippedImages(),
+        SpaceCheck(run_dir / "checkpoints", *kept_checkpoints(ck.every_n_steps, ck.every_n_minutes, ck.keep_last)),
     ]
-    signum = slurm.requeue_signal(cfg.checkpoint.get("requeue_signal"))
-    if signum is not None and slurm.on_slurm():
-        callbacks.append(slurm.SlurmRequeue(run_dir, signum))
+    on_signal = preempt.signal_stop(  # SLURM's requeue signal, and SIGTERM (preemption) everywhere
+        run_dir,
+        requeue_signal=ck.get("requeue_signal"),
+        preempt_signal_name=ck.get("preempt_signal", "SIGTERM"),
+        grace_s=ck.get("preempt_grace_s", 25),
+        on_slurm=slurm.on_slurm(),
+    )
+    callbacks += [on_signal] if on_signal is not None else []
     trainer = run.build_trainer(cfg, run_dir, callbacks=callbacks, logger_config=run.plain(cfg))
     run.save_config(run_dir, cfg)
+    accumulate = int(trainer_cfg.get("accumulate_grad_batches") or 1)
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=resume)
+        with faults.translated(  # out of memory, a killed loader worker, a full disk: one line each
+            trainer,
+            batch_size=data.batch_size,
+            accumulate=accumulate,
+            precision=trainer_cfg.get("precision"),
+            num_workers=int(cfg.data.get("num_workers") or 0),
+        ):
+            trainer.fit(model, datamodule=data, ckpt_path=resume)
     except slurm.Requeued as stop:  # SLURM's time-limit signal: the requeued job continues with resume=auto
         rank_zero_info(str(stop))
         return {"requeued": True, "global_step": int(trainer.global_step), "run_dir": str(run_dir)}

@@ -9,6 +9,17 @@ class ConfigError(ValueError):
     """
 
 
+class RunError(RuntimeError):
+    """A run that could not be completed for a reason outside its configuration: a full disk, no memory left,
+    a preemption. The entry points print ``<prefix>: <message>`` on one line, without a traceback, and exit
+    with ``exit_code`` (non-zero: the job was not completed). The message names the file or resource, the
+    cause in words, and what to do.
+    """
+
+    exit_code = 1
+    prefix = "error"
+
+
 def check(condition: bool, message: str) -> None:
     """Raise :class:`ConfigError` with ``message`` unless ``condition`` holds."""
     if not condition:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cssl.core import storage
 from cssl.core.errors import check, is_int, is_number
 
 #: Bump when the generator changes: older cache files are then not reused.
@@ -149,10 +149,7 @@ def load_or_generate(root: Path, options: dict[str, Any]) -> dict[str, Tensor]:
             pass  # damaged (truncated, foreign, not a tensor file): made again
     data = generate(options)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"options": options, "data": data}, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable root: the images are made again next time
+        storage.atomic_write(path, lambda f: torch.save({"options": options, "data": data}, f))
+    except (OSError, storage.StorageError) as err:  # the images are made again next time
+        storage.optional_output("lab image cache", path, err)
     return data

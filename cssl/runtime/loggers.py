@@ -17,6 +17,7 @@ from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError
 
 LOGGERS = ("wandb", "csv", "none")
@@ -71,6 +72,14 @@ class SafeWandbLogger(WandbLogger):
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - logging must never kill training
             self._broken = True
+            fault = storage.find_os_error(err)
+            if fault is not None:  # the W&B folder on a full disk, a quota, a read-only file system
+                where = Path(fault.filename) if fault.filename else Path(self.save_dir or ".")
+                _warn(
+                    "warning: W&B logging failed and is now off for this run, training goes on: could not write "
+                    + storage.describe(where, fault)
+                )
+                return None
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             _warn(f"warning: W&B logging failed and is now off for this run ({type(err).__name__}: {first})")
             return None
@@ -82,6 +91,7 @@ class SafeWandbLogger(WandbLogger):
         if self._broken:
             return _DummyExperiment()
         result = self._guard(lambda: WandbLogger.experiment.fget(self))
+        storage.guard_log_files()  # W&B's own debug.log on a full disk: one warning, not a traceback per record
         return _DummyExperiment() if result is None else result
 
     def log_metrics(self, metrics: Any, step: Any = None) -> None:

@@ -15,6 +15,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError, check
 from cssl.data import ImageDataModule, build_datamodule
 from cssl.data.plan import ViewPlan
@@ -31,7 +32,7 @@ def output_dir(cfg: DictConfig) -> Path:
         out = Path(HydraConfig.get().runtime.output_dir)
     except (ImportError, ValueError):
         out = Path(str(cfg.run_dir))
-    out.mkdir(parents=True, exist_ok=True)
+    storage.check_writable(out)  # a run dir that cannot be written is refused before any work
     return out
 
 
@@ -132,16 +133,16 @@ def metric(trainer: pl.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+SUMMARY_HINT = "the checkpoints are intact; once there is room, the same command (with resume=auto) writes it"
+
+
 @rank_zero_only
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
     """Write ``summary.json`` atomically and print it."""
-    path = run_dir / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
+    storage.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", then=SUMMARY_HINT)
     print(json.dumps(summary, indent=2))
 
 
 @rank_zero_only
 def save_config(run_dir: Path, cfg: DictConfig) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    storage.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
