@@ -22,7 +22,7 @@ from cssl.methods import method_class
 from cssl.methods.base import ContrastiveMethod
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
-from cssl.runtime import launch, loggers, run, slurm
+from cssl.runtime import console, launch, loggers, run, slurm
 from cssl.runtime.checkpoint import (
     FinishStep,
     MetricStates,
@@ -330,4 +330,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "metrics": final_metrics,
     }
     run.write_summary(run_dir, summary)
+    next_command = console.linear_eval_command(run.plain(cfg.data), run_dir, CONFIGS)
+    run.say(console.pretrain_end(summary, loggers.where_logged(trainer.loggers), next_command))
     return summary
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the data configs' defaults, for the next command

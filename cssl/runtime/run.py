@@ -17,7 +17,7 @@ from pytorch_lightning.utilities import rank_zero_only
 
 from cssl.core.errors import ConfigError, check
 from cssl.data import EvalTransform, ImageDataModule, build_datamodule
-from cssl.runtime import slurm
+from cssl.runtime import console, slurm
 from cssl.runtime.checkpoint import AtomicCheckpointIO
 from cssl.runtime.loggers import build_logger
 
@@ -68,7 +68,11 @@ def build_trainer(
     cfg: DictConfig, run_dir: Path, *, callbacks: list[pl.Callback], logger_config: dict[str, Any] | None = None
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with cssl's checkpoint IO, progress bar and logger."""
+    console.quiet()  # before the Trainer's own start-up messages
     options = plain(cfg.trainer)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        if isinstance(options.get(key), float) and options[key] == 1.0:
+            del options[key]  # Lightning's default; passed explicitly, Lightning prints a note saying so
     log = dict(plain(cfg.logger))
     logger = build_logger(str(log.pop("name")), run_dir, config=logger_config, **log)
     progress_bar = bool(options.pop("progress_bar", True))
@@ -147,12 +151,17 @@ def metric(trainer: pl.Trainer, key: str) -> float | None:
 
 @rank_zero_only
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` atomically and print it."""
+    """Write ``summary.json`` atomically (the terminal gets :func:`say`'s few lines instead)."""
     path = run_dir / "summary.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(summary, indent=2) + "\n")
     tmp.replace(path)
-    print(json.dumps(summary, indent=2))
+
+
+@rank_zero_only
+def say(lines: list[str]) -> None:
+    """Print a run's closing lines (:mod:`cssl.runtime.console`), after a blank line."""
+    print("\n" + "\n".join(lines), flush=True)
 
 
 @rank_zero_only
