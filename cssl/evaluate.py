@@ -18,7 +18,7 @@ from cssl.eval.knn import knn_predict
 from cssl.eval.probe import LinearProbe, check_probe_options, last_and_best
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
-from cssl.runtime import run
+from cssl.runtime import console, loggers, run
 from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint
 
 
@@ -96,6 +96,7 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
         results: dict[str, Any] = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
         epochs = 0
     else:
+        console.frozen_backbone_is_intended()
         model = LinearProbe(
             backbone,
             num_classes=data.num_classes,
@@ -125,7 +126,18 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": round(time.time() - start, 2),
     }
     run.write_summary(run_dir, summary)
+    logged = loggers.where_logged(trainer.loggers) if cfg.mode == "linear" else None
+    run.say(console.linear_eval_end(summary, run_dir, logged, report_command(ckpt_path, run_dir)))
     return summary
+
+
+def report_command(ckpt_path: Path, run_dir: Path) -> str | None:
+    """``python -m cssl.report PRETRAIN_RUN THIS_RUN``: the pretraining run's table with this evaluation
+    joined (when the checkpoint lies in a run dir)."""
+    pretrain_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+    if pretrain_dir is None or not (pretrain_dir / "summary.json").is_file():
+        return None
+    return f"python -m cssl.report {console.shown(pretrain_dir)} {console.shown(run_dir)}"
 
 
 @torch.no_grad()

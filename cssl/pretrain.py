@@ -20,7 +20,7 @@ from cssl.methods import ContrastiveMethod, Method, method_class
 from cssl.models import speed
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
-from cssl.runtime import faults, launch, loggers, preempt, run, slurm
+from cssl.runtime import console, faults, launch, loggers, preempt, run, slurm
 from cssl.runtime.checkpoint import (
     FinishStep,
     MetricStates,
@@ -286,4 +286,9 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "metrics": final_metrics,
     }
     run.write_summary(run_dir, summary)
+    next_command = console.linear_eval_command(run.plain(cfg.data), run_dir, CONFIGS)
+    run.say(console.pretrain_end(summary, loggers.where_logged(trainer.loggers), next_command))
     return summary
+
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the data configs' defaults, for the next command

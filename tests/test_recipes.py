@@ -183,7 +183,7 @@ def test_check_mode_reports_a_stale_page_and_a_differing_value(tmp_path, monkeyp
 
 def test_readme_reproduction_table_quotes_each_target_with_its_protocol():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Reproducing published results") : readme.index("## Configuration reference")]
+    section = readme[readme.index("### 4. A published recipe") : readme.index("### 5. ")]
     assert "(docs/recipes.md)" in section
     for name, recipe in TABLE.recipes.items():
         if not recipe.target:

@@ -64,6 +64,8 @@ class SafeWandbLogger(WandbLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._broken = False
+        if self._wandb_init.get("anonymous") is None:  # W&B warns on any value of this obsolete setting
+            self._wandb_init.pop("anonymous", None)
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._broken:
@@ -108,6 +110,26 @@ class SafeWandbLogger(WandbLogger):
 
     def finalize(self, status: str) -> None:
         self._guard(super().finalize, status)
+
+
+def where_logged(loggers: list[Logger]) -> str | None:
+    """Where the run's metrics went, for its closing lines: the W&B run's page, or its offline folder and the
+    command that uploads it, or the CSV file; None without a logger (and on every rank but 0)."""
+    from cssl.runtime.console import shown
+
+    if rank_zero_only.rank != 0:
+        return None
+    for logger in loggers:
+        if isinstance(logger, SafeWandbLogger):
+            if logger._broken:
+                return "W&B logging failed during the run (the warning above); summary.json has the metrics"
+            run = logger.experiment
+            if logger._offline:
+                return f"W&B offline; upload with: wandb sync {shown(Path(run.dir).parent)}"
+            return f"W&B {run.url}"
+        if isinstance(logger, CSVLogger):
+            return shown(Path(logger.log_dir) / "metrics.csv")
+    return None
 
 
 @rank_zero_only

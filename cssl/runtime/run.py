@@ -19,7 +19,7 @@ from cssl.core import storage
 from cssl.core.errors import ConfigError, check
 from cssl.data import ImageDataModule, build_datamodule
 from cssl.data.plan import ViewPlan
-from cssl.runtime import slurm
+from cssl.runtime import console, slurm
 from cssl.runtime.checkpoint import AtomicCheckpointIO
 from cssl.runtime.loggers import build_logger
 
@@ -56,7 +56,11 @@ def build_trainer(
     cfg: DictConfig, run_dir: Path, *, callbacks: list[pl.Callback], logger_config: dict[str, Any] | None = None
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with cssl's checkpoint IO, progress bar and logger."""
+    console.quiet()  # before the Trainer's own start-up messages
     options = plain(cfg.trainer)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        if isinstance(options.get(key), float) and options[key] == 1.0:
+            del options[key]  # Lightning's default; passed explicitly, Lightning prints a note saying so
     log = dict(plain(cfg.logger))
     logger = build_logger(str(log.pop("name")), run_dir, config=logger_config, **log)
     progress_bar = bool(options.pop("progress_bar", True))
@@ -138,9 +142,14 @@ SUMMARY_HINT = "the checkpoints are intact; once there is room, the same command
 
 @rank_zero_only
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` atomically and print it."""
+    """Write ``summary.json`` atomically (the terminal gets :func:`say`'s few lines instead)."""
     storage.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", then=SUMMARY_HINT)
-    print(json.dumps(summary, indent=2))
+
+
+@rank_zero_only
+def say(lines: list[str]) -> None:
+    """Print a run's closing lines (:mod:`cssl.runtime.console`), after a blank line."""
+    print("\n" + "\n".join(lines), flush=True)
 
 
 @rank_zero_only
