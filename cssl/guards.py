@@ -70,10 +70,10 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     from cssl import baselines
     from cssl.evaluate import load_backbone
     from cssl.pretrain import build_method, pretrain
-    from cssl.recipes import _compose
+    from cssl.recipes import compose_config
     from cssl.runtime import run
 
-    cfg = _compose("train", guard_overrides(method, seed, run_dir, root, extra))
+    cfg = compose_config("train", guard_overrides(method, seed, run_dir, root, extra))
     pretrain(cfg)
     trained_backbone, _, _ = load_backbone(run_dir)
 

@@ -22,7 +22,7 @@ from cssl import guards
 from cssl.contrastive import ESTIMATORS
 from cssl.methods import list_methods, method_class
 from cssl.pretrain import pretrain_views
-from cssl.recipes import _compose
+from cssl.recipes import compose_config
 from cssl.report import flatten
 from cssl.runtime import run
 from tests.conftest import same
@@ -61,7 +61,7 @@ def test_the_in_batch_methods_cover_every_estimator():
     simclr = method_class("simclr")
     estimators = set()
     for name in list_methods():
-        cfg = flatten(run.plain(_compose("train", guards.guard_overrides(name, 0, "unused", "unused"))))
+        cfg = flatten(run.plain(compose_config("train", guards.guard_overrides(name, 0, "unused", "unused"))))
         if issubclass(method_class(name), simclr):
             estimators.add(cfg["method.estimator"])
     assert estimators == set(ESTIMATORS)
@@ -75,7 +75,7 @@ def test_the_in_batch_methods_cover_every_estimator():
 @pytest.mark.parametrize("guard", [False, True], ids=["defaults", "guard"])
 def test_every_training_view_is_augmented_and_the_views_differ(method, guard):
     overrides = guards.guard_overrides(method, 0, "unused", "unused") if guard else [f"method={method}"]
-    cfg = _compose("train", overrides)
+    cfg = compose_config("train", overrides)
     data = run.build_data(cfg, train_split="pretrain", views=pretrain_views(cfg))
     data.trainer = SimpleNamespace(training=True)  # on_after_batch_transfer as in a training step
     size = data.image_size

@@ -174,7 +174,9 @@ def test_check_mode_reports_a_stale_page_and_a_differing_value(tmp_path, monkeyp
     (tmp_path / "recipes.md").write_text("old\n")
     compose = recipes.compose_experiment
     monkeypatch.setattr(recipes, "compose_experiment", lambda name: compose(name, ["method.tau_plus=0.2"]))
-    monkeypatch.setattr(recipes, "compose_protocol", lambda name: recipes._compose("linear_eval", ["protocol=moco"]))
+    monkeypatch.setattr(
+        recipes, "compose_protocol", lambda name: recipes.compose_config("linear_eval", ["protocol=moco"])
+    )
     assert recipes.main(["--check"]) == 1
     out = capsys.readouterr().out
     assert "recipes.md is stale" in out and "method.tau_plus is 0.2, the table says 0.1" in out

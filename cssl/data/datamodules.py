@@ -23,7 +23,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cssl.core.errors import ConfigError, check, check_int, is_int, is_number
 from cssl.data.augment import EvalTransform
+from cssl.data.digits import digits_split
 from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
+from cssl.data.lab import lab_options, load_or_generate
 from cssl.data.plan import ViewPlan
 from cssl.data.resumable import resumed_sampler, train_position
 from cssl.data.views import ViewSpec, decode_on_device
@@ -277,19 +279,6 @@ class DigitsDataModule(ImageDataModule):
         return {"pretrain": train, "labelled": train, "val": ArrayDataset(upsampled(val_images), val_labels)}
 
 
-def digits_split() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
-    """scikit-learn's 8x8 digits ((M, 1, 8, 8) in [0, 1], (M,) labels) of the fixed stratified 80/20 split
-    (1437 train / 360 held-out), shared by ``data=digits`` and the lab dataset's generator."""
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    digits = load_digits()
-    images = torch.from_numpy(digits.images).float().div(16.0).unsqueeze(1)
-    labels = torch.from_numpy(digits.target).long()
-    train_idx, val_idx = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=0, stratify=digits.target)
-    return (images[train_idx], labels[train_idx]), (images[val_idx], labels[val_idx])
-
-
 class LabDataModule(ImageDataModule):
     """The lab dataset (:mod:`cssl.data.lab`): digits at random scales, positions and grey levels, generated
     from ``generator_seed`` and cached under ``root/lab/``. Hard for raw pixels and random features,
@@ -313,8 +302,6 @@ class LabDataModule(ImageDataModule):
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
-        from cssl.data.lab import lab_options
-
         self.options = lab_options(
             generator_seed=generator_seed,
             train_size=train_size,
@@ -330,8 +317,6 @@ class LabDataModule(ImageDataModule):
         return False  # as digits: the glyphs carry 8 px of detail; the ImageNet stem loses little, 15x cheaper
 
     def load(self) -> dict[str, Dataset]:
-        from cssl.data.lab import load_or_generate
-
         data = load_or_generate(self.root, self.options)
         train = ArrayDataset(data["train_images"], data["train_labels"])
         return {"pretrain": train, "labelled": train, "val": ArrayDataset(data["val_images"], data["val_labels"])}

@@ -29,6 +29,7 @@ from torch import Tensor
 
 from cssl.core import storage
 from cssl.core.errors import check, is_int, is_number
+from cssl.data.digits import digits_split
 
 #: Bump when the generator changes: older cache files are then not reused.
 GENERATOR_VERSION = 1
@@ -78,7 +79,6 @@ def lab_options(
 def _glyphs() -> tuple[tuple[Tensor, Tensor], tuple[Tensor, Tensor]]:
     """The digits' (glyphs (M, 1, 32, 32) in [0, 1], labels (M,)) of the train and held-out instances: the
     split of ``data=digits``, upsampled 4x (bicubic)."""
-    from cssl.data.datamodules import digits_split
 
     def upsampled(glyphs: Tensor) -> Tensor:
         return F.interpolate(glyphs, scale_factor=4, mode="bicubic", align_corners=False).clamp(0, 1)

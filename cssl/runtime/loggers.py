@@ -35,7 +35,7 @@ def wandb_mode(requested: str = "auto") -> str:
         return requested
     if not _has_api_key():
         return "offline"
-    return "online" if _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")) else "offline"
+    return "online" if reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")) else "offline"
 
 
 def _has_api_key() -> bool:
@@ -47,7 +47,7 @@ def _has_api_key() -> bool:
         return False
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
+def reachable(url: str, timeout: float = 3.0) -> bool:
     host = url.split("://", 1)[-1].split("/", 1)[0]
     name, _, port = host.partition(":")
     try:
