@@ -6,13 +6,14 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from cssl.runtime import cli
+from cssl.runtime import cli, console
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> None:
+    console.quiet()  # before the heavy imports: third-party start-up chatter off
     from cssl.runtime.launch import check_launch
 
     trainer = cfg.trainer  # a bad launch stops here, in seconds, before the heavy imports

@@ -112,12 +112,12 @@ def bare_seconds(name: str, batch: Any, b: int, steps: int, warmup: int, backbon
     times = []
     for _ in range(steps):
         start = time.perf_counter()
-        loss, feats, _ = model.contrastive_step(views)
+        loss, feats, _ = model.ssl_step(views)
         probe = F.cross_entropy(model.probe(feats.detach()), y)
         (loss + probe).backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        model.after_optimizer_step()
+        model.after_batch()
         times.append(time.perf_counter() - start)
     return statistics.median(times[warmup:])
 

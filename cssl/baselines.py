@@ -178,10 +178,8 @@ def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> di
     import pytorch_lightning as pl
 
     from cssl.models.backbones import build_backbone
-    from cssl.runtime.run import eval_transform
 
     data = _data(spec, root)
-    data.eval_transform = eval_transform(data)
     encode: nn.Module
     if spec["kind"] == "random_init":
         stem = data.default_cifar_stem if spec["cifar_stem"] is None else bool(spec["cifar_stem"])

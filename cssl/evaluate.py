@@ -11,15 +11,14 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
 
-from cssl.core.errors import ConfigError, check
-from cssl.data import ViewAugment
-from cssl.data.datamodules import ImageDataModule, ImageFolderDataModule
-from cssl.data.views import ViewSpec
+from cssl.core.errors import ConfigError, check, check_int
+from cssl.data.datamodules import ImageDataModule
+from cssl.data.plan import ViewPlan
 from cssl.eval.knn import knn_predict
 from cssl.eval.probe import LinearProbe, check_probe_options, last_and_best
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
-from cssl.runtime import run
+from cssl.runtime import console, loggers, run
 from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint
 
 
@@ -41,41 +40,35 @@ def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
 TRAIN_AUGMENT = ("linear", "pretrain")
 
 
-def train_views(
-    cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path, crop: bool = True
-) -> ViewAugment:
+def classifier_views(cfg: DictConfig, meta: dict[str, Any], path: Path) -> ViewPlan:
     """The training images of the classifier: ``augment.*`` at ``data.image_size`` (``train_augment=linear``),
     or the checkpoint's own pretraining augmentation at its pretraining size (``pretrain``: DCL/HCL
-    linear.py train on utils.train_transform, the pretraining pipeline). ``crop=False``: its photometric part
-    only, for crops already cut from the original images (see :func:`set_train_views`)."""
+    linear.py train on utils.train_transform, the pretraining pipeline). For an image folder the random
+    resized crop is cut from the original image on the loader workers (as MoCo's main_lincls.py
+    RandomResizedCrop on the decoded file); test images stay resize ``load_size`` + centre crop."""
     if cfg.train_augment == "linear":
-        return ViewAugment(data.image_size, mean=data.mean, std=data.std, crop=crop, **run.plain(cfg.augment))
+        return ViewPlan(augment=run.plain(cfg.augment), main=1, single=True)
     config = meta.get("config")
     augment = config.get("data", {}).get("augment") if isinstance(config, dict) else None
     check(
         isinstance(augment, dict) and isinstance(meta.get("image_size"), int),
         f"train_augment=pretrain: checkpoint {path} holds no pretraining augmentation; use train_augment=linear",
     )
-    for key in ("mean", "std"):  # the pipeline includes its normalisation, which the test images must share
-        saved = config.get("data", {}).get(key)
+    return ViewPlan(augment=augment, main=1, single=True, size=int(meta["image_size"]))
+
+
+def check_normalisation(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path) -> None:
+    """With ``train_augment=pretrain`` the pipeline includes the pretraining normalisation, which the test
+    images must share."""
+    if cfg.train_augment != "pretrain":
+        return
+    for key in ("mean", "std"):
+        saved = meta["config"].get("data", {}).get(key)
         check(
             saved is None or [round(float(v), 6) for v in saved] == [round(v, 6) for v in getattr(data, key)],
             f"train_augment=pretrain: data.{key}={list(getattr(data, key))} differs from the pretraining "
             f"data.{key}={saved} of {path}; pass data.{key}={saved}",
         )
-    return ViewAugment(int(meta["image_size"]), mean=data.mean, std=data.std, crop=crop, **augment)
-
-
-def set_train_views(cfg: DictConfig, data: ImageDataModule, meta: dict[str, Any], path: Path) -> None:
-    """Give ``data`` the classifier's training images (:func:`train_views`): cropped on the device for
-    in-memory data; for an image folder, the random resized crop is cut from the original image on the loader
-    workers (as pretraining's views, and as MoCo's main_lincls.py RandomResizedCrop on the decoded file) and
-    the rest runs on the device. Test images stay resize ``load_size`` + centre crop."""
-    data.train_transform = train_views(cfg, data, meta, path)
-    if isinstance(data, ImageFolderDataModule):
-        view, crop = data.train_transform, data.train_transform.crop
-        spec = ViewSpec(view.image_size, crop.scale, crop.ratio)
-        data.cut_views([spec], train_views(cfg, data, meta, path, crop=False))
 
 
 def linear_eval(cfg: DictConfig) -> dict[str, Any]:
@@ -91,19 +84,19 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
     check_probe_options(cfg.backbone_bn, cfg.init_std)
     optim = OptimSettings(**run.plain(cfg.optimizer))
     backbone, meta, ckpt_path = load_backbone(Path(str(cfg.ckpt)))
-    run.check_int("seed", cfg.seed, 0)
+    check_int("seed", cfg.seed, 0)
     run_dir = run.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    data = run.build_data(cfg, train_split="labelled", train_transform=None)
+    views = classifier_views(cfg, meta, ckpt_path)
+    data = run.build_data(cfg, train_split="labelled", views=views, val_bank=cfg.mode == "knn")
+    check_normalisation(cfg, data, meta, ckpt_path)
     data.check()
-    data.eval_transform = run.eval_transform(data)
-    set_train_views(cfg, data, meta, ckpt_path)
     if cfg.mode == "knn":
         results: dict[str, Any] = knn_eval(backbone, data, k=int(cfg.knn.k), temperature=float(cfg.knn.t))
         epochs = 0
     else:
-        data.val_bank = False  # validation sees the held-out split only
+        console.frozen_backbone_is_intended()
         model = LinearProbe(
             backbone,
             num_classes=data.num_classes,
@@ -133,7 +126,18 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
         "wall_seconds": round(time.time() - start, 2),
     }
     run.write_summary(run_dir, summary)
+    logged = loggers.where_logged(trainer.loggers) if cfg.mode == "linear" else None
+    run.say(console.linear_eval_end(summary, run_dir, logged, report_command(ckpt_path, run_dir)))
     return summary
+
+
+def report_command(ckpt_path: Path, run_dir: Path) -> str | None:
+    """``python -m cssl.report PRETRAIN_RUN THIS_RUN``: the pretraining run's table with this evaluation
+    joined (when the checkpoint lies in a run dir)."""
+    pretrain_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
+    if pretrain_dir is None or not (pretrain_dir / "summary.json").is_file():
+        return None
+    return f"python -m cssl.report {console.shown(pretrain_dir)} {console.shown(run_dir)}"
 
 
 @torch.no_grad()

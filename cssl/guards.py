@@ -70,10 +70,10 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     from cssl import baselines
     from cssl.evaluate import load_backbone
     from cssl.pretrain import build_method, pretrain
-    from cssl.recipes import _compose
+    from cssl.recipes import compose_config
     from cssl.runtime import run
 
-    cfg = _compose("train", guard_overrides(method, seed, run_dir, root, extra))
+    cfg = compose_config("train", guard_overrides(method, seed, run_dir, root, extra))
     pretrain(cfg)
     trained_backbone, _, _ = load_backbone(run_dir)
 
@@ -84,7 +84,6 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
     stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     untrained_backbone = build_method(cfg, data.num_classes, data.batch_size, stem).backbone
 
-    data.eval_transform = run.eval_transform(data)  # the probe's features: the run's evaluation images
     probes = {
         name: baselines.evaluate_features(
             baselines.encoder_features(backbone.eval(), data), k=20, temperature=0.07, seed=seed

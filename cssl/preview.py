@@ -77,20 +77,19 @@ def training_views(cfg: Any, images: int) -> list[Any]:
     import torch
     from omegaconf import open_dict
 
-    from cssl.core.errors import check
-    from cssl.pretrain import set_train_views
+    from cssl.core.errors import check, check_int
+    from cssl.pretrain import pretrain_views
     from cssl.runtime import run
 
-    run.check_int("seed", cfg.seed, 0)
+    check_int("seed", cfg.seed, 0)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
     with open_dict(cfg.data):  # one batch of N images, read in this process
         cfg.data.batch_size, cfg.data.num_workers = 2, 0
-    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", views=pretrain_views(cfg))  # as pretrain() builds them
     data.check()
     available = len(data.sets[data.train_split])
     check(images <= available, f"preview.images={images} exceeds the {available} training images of {data.name}")
     data.batch_size = max(2, images)
-    set_train_views(cfg, data)  # as pretrain() does (image folders: views cut on the loader workers)
     data.trainer = SimpleNamespace(training=True)  # the hook only asks whether the trainer is training
     batch = next(iter(data.train_dataloader()))
     views = data.on_after_batch_transfer(batch, 0)[0]

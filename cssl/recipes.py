@@ -184,15 +184,15 @@ def mismatches(recipe: Recipe, cfg: Any, protocol_cfg: Any = None) -> list[str]:
 
 def compose_experiment(name: str, overrides: Sequence[str] = ()) -> Any:
     """The training config of ``python train.py experiment=NAME overrides...`` (Hydra's compose API)."""
-    return _compose("train", [f"experiment={name}", *overrides])
+    return compose_config("train", [f"experiment={name}", *overrides])
 
 
 def compose_protocol(name: str, overrides: Sequence[str] = ()) -> Any:
     """The config of ``python linear_eval.py protocol=NAME overrides...``."""
-    return _compose("linear_eval", [f"protocol={name}", *overrides])
+    return compose_config("linear_eval", [f"protocol={name}", *overrides])
 
 
-def _compose(config_name: str, overrides: list[str]) -> Any:
+def compose_config(config_name: str, overrides: list[str]) -> Any:
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):

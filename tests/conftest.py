@@ -151,3 +151,43 @@ class StandIn(nn.Module):
 def same(out: torch.Tensor, want: torch.Tensor, atol: float = 1e-6) -> torch.Tensor:
     """(B,) bool: which images of ``out`` equal those of ``want`` (within ``atol``)."""
     return (out - want).flatten(1).abs().amax(dim=1) <= atol
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """``mount(size, read_only=False) -> folder``: a size-limited file system of its own (a tmpfs), for
+    real ENOSPC and EROFS. Mounting needs root; the test is skipped, saying why, where it cannot mount."""
+    import shutil
+
+    mounted: list[str] = []
+
+    def mount(size: str, *, read_only: bool = False) -> Path:
+        if os.geteuid() != 0:
+            pytest.skip(f"a size-limited file system needs `mount -t tmpfs`, which needs root (euid {os.geteuid()})")
+        if shutil.which("mount") is None:
+            pytest.skip("no mount command to make a size-limited file system")
+        folder = tmp_path / f"disk{len(mounted)}"
+        folder.mkdir()
+        options = f"size={size}" + (",ro" if read_only else "")
+        proc = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(folder)], capture_output=True, text=True
+        )
+        if proc.returncode != 0:
+            pytest.skip(f"mount -t tmpfs -o {options} failed ({proc.stderr.strip()}): no size-limited file system here")
+        mounted.append(str(folder))
+        return folder
+
+    yield mount
+    for folder in reversed(mounted):
+        subprocess.run(["umount", "-l", folder], capture_output=True)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """A ballast file in ``folder`` that leaves about ``leave`` bytes free on its file system."""
+    st = os.statvfs(folder)
+    free = st.f_bavail * st.f_frsize
+    ballast = folder / "ballast"
+    with open(ballast, "ab") as f:
+        if free > leave:
+            os.posix_fallocate(f.fileno(), f.tell(), free - leave)
+    return ballast

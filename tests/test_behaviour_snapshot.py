@@ -24,19 +24,20 @@ from tests.conftest import QUICK, compose
 
 SNAPSHOT = Path(__file__).parent / "snapshots" / "behaviour.json"
 
+MOCHI = [
+    "method=mochi",
+    "method.queue_size=256",
+    "method.n_hard=64",
+    "method.s=32",
+    "method.s_prime=16",
+    "method.mochi_warmup_epochs=0",
+]
 CASES: dict[str, list[str]] = {
     "simclr": ["method=simclr"],
     "dcl": ["method=dcl"],
     "hcl": ["method=hcl"],
     "moco": ["method=moco", "method.queue_size=256"],
-    "mochi": [
-        "method=mochi",
-        "method.queue_size=256",
-        "method.n_hard=64",
-        "method.s=32",
-        "method.s_prime=16",
-        "method.mochi_warmup_epochs=0",
-    ],
+    "mochi": MOCHI,
     "adco": ["method=adco", "method.bank_size=256"],
     "byol": ["method=byol", "method.pred_hidden_dim=64"],
     "simclr_fnc_ring_curriculum": [
@@ -58,15 +59,7 @@ CASES: dict[str, list[str]] = {
         "method.fnc_support_views=1",
         "method.ring_outer=0.5",
     ],
-    "mochi_curriculum": [
-        "method=mochi",
-        "method.queue_size=256",
-        "method.n_hard=64",
-        "method.s=32",
-        "method.s_prime=16",
-        "method.mochi_warmup_epochs=0",
-        "method.curriculum=sqrt",
-    ],
+    "mochi_curriculum": [*MOCHI, "method.curriculum=sqrt"],
     "adco_fnc_eliminate": ["method=adco", "method.bank_size=256", "method.fnc=eliminate", "method.ring_outer=0.8"],
 }
 

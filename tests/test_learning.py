@@ -21,8 +21,8 @@ import torch
 from cssl import guards
 from cssl.contrastive import ESTIMATORS
 from cssl.methods import list_methods, method_class
-from cssl.pretrain import set_train_views
-from cssl.recipes import _compose
+from cssl.pretrain import pretrain_views
+from cssl.recipes import compose_config
 from cssl.report import flatten
 from cssl.runtime import run
 from tests.conftest import same
@@ -61,7 +61,7 @@ def test_the_in_batch_methods_cover_every_estimator():
     simclr = method_class("simclr")
     estimators = set()
     for name in list_methods():
-        cfg = flatten(run.plain(_compose("train", guards.guard_overrides(name, 0, "unused", "unused"))))
+        cfg = flatten(run.plain(compose_config("train", guards.guard_overrides(name, 0, "unused", "unused"))))
         if issubclass(method_class(name), simclr):
             estimators.add(cfg["method.estimator"])
     assert estimators == set(ESTIMATORS)
@@ -75,15 +75,14 @@ def test_the_in_batch_methods_cover_every_estimator():
 @pytest.mark.parametrize("guard", [False, True], ids=["defaults", "guard"])
 def test_every_training_view_is_augmented_and_the_views_differ(method, guard):
     overrides = guards.guard_overrides(method, 0, "unused", "unused") if guard else [f"method={method}"]
-    cfg = _compose("train", overrides)
-    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
-    set_train_views(cfg, data)
+    cfg = compose_config("train", overrides)
+    data = run.build_data(cfg, train_split="pretrain", views=pretrain_views(cfg))
     data.trainer = SimpleNamespace(training=True)  # on_after_batch_transfer as in a training step
     size = data.image_size
     images = torch.randint(0, 256, (16, 3, size, size), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
     torch.manual_seed(0)
     views, _ = data.on_after_batch_transfer((images, torch.zeros(16, dtype=torch.long)), 0)
-    plain = run.eval_transform(data)(images)
+    plain = data.eval_transform(images)
     assert len(views) >= 2
     for i, view in enumerate(views[:2]):
         assert view.shape == plain.shape

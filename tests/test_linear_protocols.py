@@ -132,24 +132,25 @@ def test_pretrain_augment_takes_the_checkpoints_pipeline_and_size():
     import torch
 
     from cssl.core.errors import ConfigError
-    from cssl.evaluate import train_views
+    from cssl.evaluate import check_normalisation, classifier_views
     from cssl.runtime import run as runs
 
     cfg = _composed("dcl_hcl")
-    data = runs.build_data(cfg, train_split="labelled", train_transform=None)
     augment = {"crop_scale": [0.5, 1.0], "hflip": True, "jitter_strength": 0.5, "blur_p": 0.5}
     meta = {"image_size": 24, "config": {"data": {"augment": augment}}}
-    views = train_views(cfg, data, meta, "ckpt")
+    data = runs.build_data(cfg, train_split="labelled", views=classifier_views(cfg, meta, "ckpt"))
+    views = data.train_transform
     assert views(torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)).shape == (2, 3, 24, 24)
     assert views.blur is not None and views.blur.p == 0.5
     with pytest.raises(ConfigError, match="train_augment=pretrain"):
-        train_views(cfg, data, {"image_size": 24}, "ckpt")
+        classifier_views(cfg, {"image_size": 24}, "ckpt")
     # the normalisation belongs to the pipeline: a checkpoint pretrained with other constants is refused
     meta["config"]["data"]["std"] = [0.2023, 0.1994, 0.2010]
     with pytest.raises(ConfigError, match=r"data.std=\[0.2023, 0.1994, 0.201\]"):
-        train_views(cfg, data, meta, "ckpt")
+        check_normalisation(cfg, data, meta, "ckpt")
     meta["config"]["data"]["std"] = list(data.std)
-    assert train_views(cfg, data, meta, "ckpt").std == tuple(float(v) for v in data.std)
+    check_normalisation(cfg, data, meta, "ckpt")
+    assert data.train_transform.std == tuple(float(v) for v in data.std)
 
 
 # -- image folders: the classifier's training crops cut from the original image on the loader workers -------
@@ -180,15 +181,13 @@ def test_imagefolder_classifier_crops_are_cut_from_the_original_on_the_workers(t
     from cssl.data import ViewAugment
     from cssl.data.folder import FolderViews
     from cssl.data.views import ViewSpec
-    from cssl.evaluate import set_train_views
+    from cssl.evaluate import classifier_views
     from cssl.runtime import run as runs
 
     root = wide_folder(tmp_path)
     cfg = _composed("moco", "data=imagefolder", f"data.root={root}", "data.image_size=16", "data.batch_size=4")
-    data = runs.build_data(cfg, train_split="labelled", train_transform=None)
+    data = runs.build_data(cfg, train_split="labelled", views=classifier_views(cfg, {}, "ckpt"))
     data.check()
-    data.eval_transform = runs.eval_transform(data)
-    set_train_views(cfg, data, {}, "ckpt")
     train = data.train_dataloader().dataset
     assert isinstance(train, FolderViews) and train.views == [ViewSpec(16, (0.08, 1.0))]
     assert isinstance(data.view_augment, ViewAugment) and data.view_augment.crop is None  # photometry only

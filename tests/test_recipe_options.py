@@ -20,8 +20,8 @@ def test_eval_image_size_reaches_the_eval_transform_and_leaves_the_stem_alone():
     assert cfg.data.eval_image_size == 48 and plain.eval_image_size == plain.image_size == 32
     assert data.image_size == 32 and data.eval_image_size == 48
     x = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
-    assert run.eval_transform(data)(x).shape == (2, 3, 48, 48)
-    assert run.eval_transform(plain)(x).shape == (2, 3, 32, 32)
+    assert data.eval_transform(x).shape == (2, 3, 48, 48)
+    assert plain.eval_transform(x).shape == (2, 3, 32, 32)
     assert data.default_cifar_stem == plain.default_cifar_stem
     # STL-10's case: pretraining at 32 px keeps the CIFAR stem when evaluated at 96
     from cssl.data import build_datamodule
@@ -44,7 +44,7 @@ def test_normalisation_constants_are_data_keys():
     _, data = _data(["data.mean=[0.4914,0.4822,0.4465]", "data.std=[0.2023,0.1994,0.2010]"])
     assert data.std == (0.2023, 0.1994, 0.2010)
     x = torch.full((1, 3, 32, 32), 255, dtype=torch.uint8)
-    out = run.eval_transform(data)(x)  # (1, 3, 32, 32)
+    out = data.eval_transform(x)  # (1, 3, 32, 32)
     expected = (1 - torch.tensor(data.mean)) / torch.tensor(data.std)
     assert torch.allclose(out[0, :, 0, 0], expected)
 

@@ -10,7 +10,7 @@ import pytest
 from cssl import recipes
 from cssl.methods import method_class
 from cssl.models.optim import OptimSettings
-from cssl.pretrain import build_views
+from cssl.pretrain import pretrain_views
 from cssl.runtime import run
 from tests.conftest import REPO, StandIn
 
@@ -51,7 +51,7 @@ def test_every_row_holds_in_the_composed_config_and_its_objects_build(name):
         **options,
     )
     data = run.build_data(cfg, train_split="pretrain", train_transform=None)
-    views = build_views(cfg, data.image_size, data.mean, data.std)
+    views = pretrain_views(cfg).transform(data.image_size, data.mean, data.std)
     assert len(views.views) == 2 + len(cfg.data.multicrop.sizes if cfg.data.multicrop else [])
 
 
@@ -160,7 +160,9 @@ def test_check_mode_reports_a_stale_page_and_a_differing_value(tmp_path, monkeyp
     (tmp_path / "recipes.md").write_text("old\n")
     compose = recipes.compose_experiment
     monkeypatch.setattr(recipes, "compose_experiment", lambda name: compose(name, ["method.tau_plus=0.2"]))
-    monkeypatch.setattr(recipes, "compose_protocol", lambda name: recipes._compose("linear_eval", ["protocol=moco"]))
+    monkeypatch.setattr(
+        recipes, "compose_protocol", lambda name: recipes.compose_config("linear_eval", ["protocol=moco"])
+    )
     assert recipes.main(["--check"]) == 1
     out = capsys.readouterr().out
     assert "recipes.md is stale" in out and "method.tau_plus is 0.2, the table says 0.1" in out
@@ -169,7 +171,7 @@ def test_check_mode_reports_a_stale_page_and_a_differing_value(tmp_path, monkeyp
 
 def test_readme_reproduction_table_quotes_each_target_with_its_protocol():
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Reproducing published results") : readme.index("## Configuration reference")]
+    section = readme[readme.index("### 4. A published recipe") : readme.index("### 5. ")]
     assert "(docs/recipes.md)" in section
     for name, recipe in TABLE.recipes.items():
         if not recipe.target:

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from cssl.methods import METHODS
+from cssl.methods import METHODS, ContrastiveMethod
 from cssl.models.backbones import build_backbone, list_backbones
 from cssl.pretrain import pretrain
 from tests.conftest import REPO, compose
@@ -64,13 +64,15 @@ def test_every_method_trains_a_few_steps(method, tmp_path):
         "neg/effective_negatives",
     )
     for key in (
-        *(negatives if METHODS[method].uses_negatives else ()),
+        *(negatives if issubclass(METHODS[method], ContrastiveMethod) else ()),
         "val/uniformity",
         "val/alignment",
         "val/false_negative_rate",
     ):
         assert math.isfinite(summary["metrics"][key]), key
-    if not METHODS[method].uses_negatives:  # its own diagnostics (<method>/...), none of negative sampling
+    if not issubclass(
+        METHODS[method], ContrastiveMethod
+    ):  # its own diagnostics (<method>/...), none of negative sampling
         assert summary["estimator"] is None and not any(k.startswith("neg/") for k in summary["metrics"])
         assert any(k.startswith(f"{method}/") for k in summary["metrics"])
     elif summary["estimator"] != "infonce":
@@ -91,7 +93,7 @@ def test_every_experiment_config_composes_and_its_objects_build(experiment):
     OptimSettings(**{k: (tuple(v) if k == "betas" else v) for k, v in OmegaConf.to_container(cfg.optimizer).items()})
 
 
-@pytest.mark.parametrize("method", sorted(m for m in METHODS if METHODS[m].uses_negatives))
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if issubclass(METHODS[m], ContrastiveMethod)))
 def test_every_method_trains_with_negative_selection_and_the_curriculum(method, tmp_path):
     fnc = "eliminate" if method == "adco" else "attract"  # attraction is undefined with the adversarial bank
     cfg = compose(

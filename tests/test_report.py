@@ -251,7 +251,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
 
     import wandb
 
-    monkeypatch.setattr("cssl.runtime.loggers._reachable", lambda url, timeout=3.0: True)
+    monkeypatch.setattr("cssl.runtime.loggers.reachable", lambda url, timeout=3.0: True)
     monkeypatch.setattr(wandb, "Api", FakeApi)
     report.main(["--wandb-group", "sweep_x", "--wandb-entity", "me", "--out", str(tmp_path), "--name", "w", "--all"])
     assert FakeApi.queries == [("me/cssl", {"group": "sweep_x"})]

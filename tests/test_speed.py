@@ -12,8 +12,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from cssl.contrastive import in_batch_similarities, info_nce, nt_xent
 from cssl.methods import METHODS
-from cssl.methods import base as base_module
 from cssl.methods.simclr import SimCLR
+from cssl.models import speed
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
 from tests.conftest import TinyNet
@@ -83,7 +83,7 @@ def test_training_step_does_not_read_device_values(name):
         model.training_step(batch, 0)  # first step: lazy state (AdCo fills its bank) settles
         with SyncCounter() as counter:
             loss = model.training_step(batch, 1)
-            model.after_optimizer_step()
+            model.after_batch()
     assert torch.isfinite(loss)
     assert len(counter.calls) <= KNOWN_SYNCS.get(name, 0), counter.calls
 
@@ -135,7 +135,7 @@ def test_channels_last_and_bf16_autocast_give_the_default_loss():
     reference = step_loss(simclr(), views, y)
 
     fast = simclr()
-    fast.use_channels_last()
+    speed.use_channels_last(fast)
     seen = []
     fast.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
     got = step_loss(fast, views, y)
@@ -160,7 +160,7 @@ def test_compile_is_skipped_with_a_warning_where_unsupported(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken)
     with pytest.warns(UserWarning, match="compile=true skipped.*no C\\+\\+ compiler found"):
-        assert model.compile_backbone() is False
+        assert speed.compile_backbone(model) is False
     torch.testing.assert_close(model.backbone(x), expected)
 
 
@@ -169,10 +169,10 @@ def test_compile_here_gives_the_eager_output_or_warns():
     x = torch.randn(2, 3, 8, 8)
     expected = model.backbone(x)
     keys = set(model.state_dict())
-    if base_module.compile_unsupported() is None:  # this machine compiles: the compiled backbone must agree
-        assert model.compile_backbone() is True
+    if speed.compile_unsupported() is None:  # this machine compiles: the compiled backbone must agree
+        assert speed.compile_backbone(model) is True
         torch.testing.assert_close(model.backbone(x), expected, rtol=1e-5, atol=1e-6)
         assert set(model.state_dict()) == keys  # checkpoints unchanged
     else:
         with pytest.warns(UserWarning, match="compile=true skipped"):
-            assert model.compile_backbone() is False
+            assert speed.compile_backbone(model) is False

@@ -4,8 +4,8 @@ from cssl.contrastive.adversarial import AdversarialBank, adversarial_similariti
 from cssl.contrastive.estimators import ESTIMATORS, check_estimator, info_nce, info_nce_per_anchor
 from cssl.contrastive.losses import in_batch_similarities, nt_xent
 from cssl.contrastive.mixing import mochi_negatives
-from cssl.contrastive.negatives import NegativeSelector, detect_false_negatives, hardness, ring_mask
 from cssl.contrastive.pools import QueuePool
+from cssl.contrastive.selection import NegativeSelector, detect_false_negatives, hardness, ring_mask
 
 __all__ = [
     "AdversarialBank",

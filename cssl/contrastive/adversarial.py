@@ -22,7 +22,7 @@ from torch import Tensor
 
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.core import distributed
-from cssl.core.errors import ConfigError, check, check_positive, check_unit_interval
+from cssl.core.errors import ConfigError, check, check_positive, check_unit_interval, is_int, is_number
 
 BANK_INITS = ("keys", "random", "official")
 
@@ -136,13 +136,13 @@ class AdversarialBank(nn.Module):
     ) -> None:
         super().__init__()
         check(
-            isinstance(size, int) and not isinstance(size, bool) and size >= 1,
+            is_int(size) and size >= 1,
             f"method.bank_size must be an integer >= 1, got {size!r}",
         )
         check_positive("method.mem_t", temperature)
-        check(_number(lr) and lr >= 0, f"method.mem_lr must be >= 0, got {lr!r}")
+        check(is_number(lr) and lr >= 0, f"method.mem_lr must be >= 0, got {lr!r}")
         check_unit_interval("method.mem_momentum", momentum)
-        check(_number(weight_decay) and weight_decay >= 0, f"method.mem_wd must be >= 0, got {weight_decay!r}")
+        check(is_number(weight_decay) and weight_decay >= 0, f"method.mem_wd must be >= 0, got {weight_decay!r}")
         if init not in BANK_INITS:
             raise ConfigError(f"method.bank_init must be one of {', '.join(BANK_INITS)}, got {init!r}")
         self.temperature, self.lr, self.momentum, self.weight_decay = temperature, lr, momentum, weight_decay
@@ -261,7 +261,3 @@ class AdversarialBank(nn.Module):
             f"dim={self.weight.shape[0]}, size={self.size}, temperature={self.temperature}, lr={self.lr}, "
             f"momentum={self.momentum}, weight_decay={self.weight_decay}"
         )
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -157,23 +157,3 @@ def step_diagnostics(
     if estimator == "hcl":
         logs.update(importance_spread(neg, temperature, beta, neg_mask))
     return logs
-
-
-def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_values: int = 100_000) -> None:
-    """Histograms of positive and negative similarities to W&B (other loggers: nothing)."""
-    from pytorch_lightning.loggers import WandbLogger
-
-    if not isinstance(logger, WandbLogger):
-        return
-    import wandb
-
-    neg = neg.flatten()
-    if neg.numel() > max_values:
-        neg = neg[torch.randint(neg.numel(), (max_values,), device=neg.device)]
-    logger.log_metrics(
-        {
-            "neg/pos_sim_hist": wandb.Histogram(pos.float().cpu().numpy()),
-            "neg/neg_sim_hist": wandb.Histogram(neg.float().cpu().numpy()),
-        },
-        step=step,
-    )

@@ -10,7 +10,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from cssl.core import distributed
-from cssl.core.errors import ConfigError, check, check_unit_interval
+from cssl.core.errors import ConfigError, check, check_unit_interval, is_int
 
 SCHEDULES = ("constant", "cosine")
 KEY_BN = ("auto", "shuffle", "split", "sync", "none")
@@ -82,7 +82,7 @@ def check_key_bn(key_bn: str, splits: int) -> None:
     """Validate ``method.key_bn`` and ``method.key_bn_splits``."""
     check(key_bn in KEY_BN, f"method.key_bn must be one of {', '.join(KEY_BN)}, got {key_bn!r}")
     check(
-        isinstance(splits, int) and not isinstance(splits, bool) and splits >= 1,
+        is_int(splits) and splits >= 1,
         f"method.key_bn_splits must be an integer >= 1, got {splits!r}",
     )
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cssl.core import distributed
-from cssl.core.errors import check
+from cssl.core.errors import check_int
 
 
 class QueuePool(nn.Module):
@@ -35,11 +35,8 @@ class QueuePool(nn.Module):
 
     def __init__(self, size: int, dim: int, *, generator: torch.Generator | None = None) -> None:
         super().__init__()
-        check(
-            isinstance(size, int) and not isinstance(size, bool) and size >= 1,
-            f"method.queue_size must be an integer >= 1, got {size!r}",
-        )
-        check(isinstance(dim, int) and dim >= 1, f"queue dimension must be an integer >= 1, got {dim!r}")
+        check_int("method.queue_size", size, 1)
+        check_int("queue dimension", dim, 1)
         init = F.normalize(torch.randn(size, dim, generator=generator), dim=1)  # (K, D)
         self.register_buffer("queue", init)
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))

@@ -1,1 +1,2 @@
-"""What every layer may import: one-line errors and their checks, and the rank/world and gather helpers."""
+"""What every layer may import: one-line errors and their checks, the rank/world and gather helpers, and
+file writes that fail in one line (storage)."""

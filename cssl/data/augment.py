@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from kornia.geometry.transform import resize
 from torch import Tensor
 
-from cssl.core.errors import _is_number, check, check_unit_interval
+from cssl.core.errors import check, check_unit_interval, is_int, is_number
 
 GRAY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale (ITU-R 601-2 luma)
 
@@ -36,7 +36,7 @@ def blur_kernel_size(image_size: int) -> int:
 
 def check_image_size(image_size: int) -> None:
     check(
-        isinstance(image_size, int) and not isinstance(image_size, bool) and image_size >= 8,
+        is_int(image_size) and image_size >= 8,
         f"data.image_size must be an integer >= 8, got {image_size!r}",
     )
 
@@ -366,7 +366,7 @@ class ViewAugment(nn.Module):
         check_image_size(image_size)
         scale = list(crop_scale) if isinstance(crop_scale, Sequence) and not isinstance(crop_scale, str) else []
         check(
-            len(scale) == 2 and all(_is_number(v) for v in scale) and 0 < scale[0] <= scale[1] <= 1,
+            len(scale) == 2 and all(is_number(v) for v in scale) and 0 < scale[0] <= scale[1] <= 1,
             f"data.augment.crop_scale must be [min, max] with 0 < min <= max <= 1, got {crop_scale!r}",
         )
         lo, hi = float(scale[0]), float(scale[1])
@@ -377,7 +377,7 @@ class ViewAugment(nn.Module):
         check_unit_interval("data.augment.blur_p", blur_p, closed_right=True)
         # hue 0.2s must stay within torchvision's [-0.5, 0.5]
         check(
-            _is_number(jitter_strength) and 0 <= jitter_strength <= 2.5,
+            is_number(jitter_strength) and 0 <= jitter_strength <= 2.5,
             f"data.augment.jitter_strength must be in [0, 2.5] (0 disables jitter), got {jitter_strength!r}",
         )
         check(isinstance(hflip, bool), f"data.augment.hflip must be true or false, got {hflip!r}")
@@ -387,7 +387,7 @@ class ViewAugment(nn.Module):
         if isinstance(jitter_factors, Sequence) and not isinstance(jitter_factors, str):
             factors = tuple(jitter_factors)
         check(
-            len(factors) == 4 and all(_is_number(v) and v >= 0 for v in factors) and factors[3] <= 0.5,
+            len(factors) == 4 and all(is_number(v) and v >= 0 for v in factors) and factors[3] <= 0.5,
             f"data.augment.jitter_factors must be null or [brightness, contrast, saturation, hue] >= 0 with hue <= 0.5, got {jitter_factors!r}",
         )
         self.image_size = image_size

@@ -21,10 +21,12 @@ import torch
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
-from cssl.core.errors import ConfigError, _is_number, check
+from cssl.core.errors import ConfigError, check, check_int, is_int, is_number
+from cssl.data.augment import EvalTransform
 from cssl.data.digits import digits_split
 from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
 from cssl.data.lab import lab_options, load_or_generate
+from cssl.data.plan import ViewPlan
 from cssl.data.resumable import resumed_sampler, train_position
 from cssl.data.views import ViewSpec, decode_on_device
 from cssl.models.backbones import auto_cifar_stem
@@ -55,8 +57,14 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: loader processes.
         download: fetch the dataset if missing (needs a network).
         image_size: side of the views and of evaluation images.
-        train_transform: on-device module, uint8 batch -> list of views (pretraining) or one tensor.
-        eval_transform: on-device module, uint8 batch -> normalised tensor.
+        views: the training views (:class:`~cssl.data.plan.ViewPlan`), built here for this data's image size
+            and normalisation (image folders: cut from the original images on the loader workers).
+        train_transform: instead of ``views``, an on-device module, uint8 batch -> list of views or one tensor.
+        eval_transform: on-device module, uint8 batch -> normalised tensor; default: resize (or centre crop) to
+            ``eval_image_size`` and normalise.
+        val_views: validation batches of held-out images also carry two training views (``val/alignment``).
+        val_bank: validation starts with the labelled train split (the kNN bank); off in linear evaluation.
+        seed: of the training order (a function of seed, epoch and rank).
         train_split: ``"pretrain"`` or ``"labelled"`` (linear evaluation) for the training loader.
         bank_limit: cap on the number of labelled images used as the kNN bank during validation.
         verify_checksums: check the published MD5 sums of downloaded archives' files.
@@ -81,8 +89,12 @@ class ImageDataModule(pl.LightningDataModule):
         num_workers: int = 0,
         download: bool = False,
         image_size: int | None = None,
+        views: ViewPlan | None = None,
         train_transform: Callable[[Tensor], Any] | None = None,
         eval_transform: Callable[[Tensor], Tensor] | None = None,
+        val_views: bool = False,
+        val_bank: bool = True,
+        seed: int = 0,
         train_split: str = "pretrain",
         bank_limit: int | None = None,
         verify_checksums: bool = True,
@@ -93,29 +105,11 @@ class ImageDataModule(pl.LightningDataModule):
         std: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
-        check(
-            isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 2,
-            f"data.batch_size must be an integer >= 2, got {batch_size!r}",
-        )
-        check(
-            isinstance(num_workers, int) and not isinstance(num_workers, bool) and num_workers >= 0,
-            f"data.num_workers must be an integer >= 0, got {num_workers!r}",
-        )
-        check(
-            eval_batch_size is None
-            or (isinstance(eval_batch_size, int) and not isinstance(eval_batch_size, bool) and eval_batch_size >= 1),
-            f"data.eval_batch_size must be null or an integer >= 1, got {eval_batch_size!r}",
-        )
-        check(
-            image_size is None
-            or (isinstance(image_size, int) and not isinstance(image_size, bool) and image_size >= 8),
-            f"data.image_size must be null or an integer >= 8, got {image_size!r}",
-        )
-        check(
-            eval_image_size is None
-            or (isinstance(eval_image_size, int) and not isinstance(eval_image_size, bool) and eval_image_size >= 8),
-            f"data.eval_image_size must be null or an integer >= 8, got {eval_image_size!r}",
-        )
+        check_int("data.batch_size", batch_size, 2)
+        check_int("data.num_workers", num_workers, 0)
+        check_int("data.eval_batch_size", eval_batch_size, 1, allow_none=True)
+        check_int("data.image_size", image_size, 8, allow_none=True)
+        check_int("data.eval_image_size", eval_image_size, 8, allow_none=True)
         for key, values in (("mean", mean), ("std", std)):
             check(
                 values is None
@@ -123,7 +117,7 @@ class ImageDataModule(pl.LightningDataModule):
                     isinstance(values, Sequence)
                     and not isinstance(values, str)
                     and len(values) == 3
-                    and all(_is_number(v) and (v > 0 if key == "std" else True) for v in values)
+                    and all(is_number(v) and (v > 0 if key == "std" else True) for v in values)
                 ),
                 f"data.{key} must be null or 3 numbers{' > 0' if key == 'std' else ''}, got {values!r}",
             )
@@ -143,16 +137,19 @@ class ImageDataModule(pl.LightningDataModule):
             self.mean = tuple(float(v) for v in mean)
         if std is not None:
             self.std = tuple(float(v) for v in std)
-        self.train_transform = train_transform
-        self.eval_transform = eval_transform
+        self.views_plan = views
+        self.train_transform = views.transform(self.image_size, self.mean, self.std) if views else train_transform
+        self.eval_transform = eval_transform or EvalTransform(
+            self.eval_image_size, center_crop=self.center_crop_eval, mean=self.mean, std=self.std
+        )
         self.train_split = train_split
         self.bank_limit = bank_limit
         self.verify_checksums = verify_checksums
         self.pin_memory = pin_memory
         self.sets: dict[str, Dataset] = {}
-        self.val_views = False  # set by the entry point when validation diagnostics need view pairs
-        self.val_bank = True  # validation starts with the labelled train split (kNN bank); off in linear evaluation
-        self.seed = 0  # of the training order (set by the entry point)
+        self.val_views = val_views  # held-out images also as two training views (val/alignment)
+        self.val_bank = val_bank  # validation starts with the labelled train split (kNN bank); off in linear evaluation
+        self.seed = seed  # of the training order: a function of (seed, epoch, rank)
         self._resume_position: dict[str, Any] = {}
 
     # -- what subclasses provide -------------------------------------------------------------------
@@ -558,12 +555,16 @@ class ImageFolderDataModule(ImageDataModule):
         self.train_dir = self.root / train_dir
         self.val_dir = self.root / val_dir
         check(
-            load_size is None
-            or (isinstance(load_size, int) and not isinstance(load_size, bool) and load_size >= self.image_size),
+            load_size is None or (is_int(load_size) and load_size >= self.image_size),
             f"data.load_size must be null or an integer >= data.image_size={self.image_size}, got {load_size!r}",
         )
         self.load_size = load_size or round(self.image_size * 8 / 7)
         self.num_classes = 0
+        if self.views_plan is not None:  # the training views are cut from the original images on the workers
+            plan = self.views_plan
+            self.cut_views(
+                plan.specs(self.image_size), plan.transform(self.image_size, self.mean, self.std, crop=False)
+            )
 
     def _open(self, folder: Path) -> Dataset:
         from torchvision import transforms as T

@@ -18,7 +18,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import pickle
 from collections.abc import Sequence
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl.core.errors import _is_int, _is_number, check
+from cssl.core import storage
+from cssl.core.errors import check, is_int, is_number
 from cssl.data.digits import digits_split
 
 #: Bump when the generator changes: older cache files are then not reused.
@@ -47,23 +47,23 @@ def lab_options(
 ) -> dict[str, Any]:
     """The checked options that define the images (their cache key)."""
     check(
-        _is_int(generator_seed) and generator_seed >= 0,
+        is_int(generator_seed) and generator_seed >= 0,
         f"data.generator_seed must be an integer >= 0, got {generator_seed!r}",
     )
     for key, value in (("train_size", train_size), ("val_size", val_size)):
-        check(_is_int(value) and value >= 10, f"data.{key} must be an integer >= 10, got {value!r}")
+        check(is_int(value) and value >= 10, f"data.{key} must be an integer >= 10, got {value!r}")
     check(
         isinstance(glyph_scale, Sequence)
         and not isinstance(glyph_scale, str)
         and len(glyph_scale) == 2
-        and all(_is_number(v) for v in glyph_scale)
+        and all(is_number(v) for v in glyph_scale)
         and 0 < glyph_scale[0] <= glyph_scale[1] <= 1,
         f"data.glyph_scale must be [min, max] with 0 < min <= max <= 1 (the glyph's side / the image's), got {glyph_scale!r}",
     )
     check(
-        _is_number(min_contrast) and 0 < min_contrast <= 1, f"data.min_contrast must be in (0, 1], got {min_contrast!r}"
+        is_number(min_contrast) and 0 < min_contrast <= 1, f"data.min_contrast must be in (0, 1], got {min_contrast!r}"
     )
-    check(_is_number(rotation) and 0 <= rotation <= 180, f"data.rotation must be in [0, 180] degrees, got {rotation!r}")
+    check(is_number(rotation) and 0 <= rotation <= 180, f"data.rotation must be in [0, 180] degrees, got {rotation!r}")
     return {
         "version": GENERATOR_VERSION,
         "generator_seed": int(generator_seed),
@@ -149,10 +149,7 @@ def load_or_generate(root: Path, options: dict[str, Any]) -> dict[str, Tensor]:
             pass  # damaged (truncated, foreign, not a tensor file): made again
     data = generate(options)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        torch.save({"options": options, "data": data}, tmp)
-        os.replace(tmp, path)
-    except OSError:
-        pass  # an unwritable root: the images are made again next time
+        storage.atomic_write(path, lambda f: torch.save({"options": options, "data": data}, f))
+    except (OSError, storage.StorageError) as err:  # the images are made again next time
+        storage.optional_output("lab image cache", path, err)
     return data

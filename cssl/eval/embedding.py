@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from cssl.core.storage import atomic_write
+
 
 def project_2d(feats: np.ndarray, seed: int = 0) -> tuple[np.ndarray, str]:
     """(N, F) -> (N, 2) and the name of the method used."""
@@ -42,9 +44,10 @@ def embedding_map(feats: Tensor, labels: Tensor, path: Path, *, title: str = "",
     ax.set_title(f"{title} ({method} of held-out embeddings)".strip())
     ax.set_xticks([]), ax.set_yticks([])
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+    try:  # temporary file and rename: a full disk leaves no partial picture
+        atomic_write(Path(path), lambda f: fig.savefig(f, format="png"))
+    finally:
+        plt.close(fig)
     return path
 
 

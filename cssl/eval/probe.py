@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.classification import MulticlassAccuracy
 
-from cssl.core.errors import check
+from cssl.core.errors import check, is_number
 from cssl.models.optim import OptimSettings, build_optimizer, configure_schedule, global_batch, param_groups
 
 BACKBONE_BN = ("eval", "train")
@@ -136,6 +136,6 @@ def check_probe_options(backbone_bn: Any, init_std: Any) -> None:
     """One-line errors for the probe's options (called before any work)."""
     check(backbone_bn in BACKBONE_BN, f"backbone_bn must be one of {', '.join(BACKBONE_BN)}, got {backbone_bn!r}")
     check(
-        init_std is None or (isinstance(init_std, int | float) and not isinstance(init_std, bool) and init_std > 0),
+        init_std is None or (is_number(init_std) and init_std > 0),
         f"init_std must be null or > 0, got {init_std!r}",
     )

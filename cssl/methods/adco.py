@@ -27,12 +27,13 @@ from cssl.contrastive import AdversarialBank
 from cssl.contrastive.estimators import at_least_fp32
 from cssl.core import distributed
 from cssl.core.errors import check
-from cssl.methods.momentum import MomentumMethod
+from cssl.methods.contrast import ContrastiveMethod
+from cssl.methods.target import MomentumTarget
 
 BANK_SIZE = 65536  # AdCo's ImageNet K
 
 
-class AdCo(MomentumMethod):
+class AdCo(MomentumTarget, ContrastiveMethod):
     """Adversarial contrast: negatives are the other images' keys and K learned adversarial vectors.
 
     Args:
@@ -48,7 +49,7 @@ class AdCo(MomentumMethod):
             ``init_memory`` pass at the start of training (:meth:`initialise_bank`).
         proj_output_dim: dimension of the projections (queries, keys, negatives).
         symmetric: both views serve as query against the other's keys; the two losses are averaged.
-        **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
+        **kwargs: :class:`MomentumTarget` arguments (momentum, key BN, projector) and the negatives'.
     """
 
     def __init__(
@@ -83,10 +84,9 @@ class AdCo(MomentumMethod):
         super().__init__(backbone, temperature=temperature, proj_output_dim=proj_output_dim, **kwargs)
         self.symmetric = bool(symmetric)
         self.bank = bank
-        self._optimizer_stepped = False
 
     # -- the step ------------------------------------------------------------------------------------
-    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def contrast(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         check(len(views) >= 2, f"AdCo needs at least 2 views per image, got {len(views)}")
         b = views[0].shape[0]
         offset = distributed.rank() * b  # global rank: the positives of rank r sit at r*B on every node
@@ -102,7 +102,7 @@ class AdCo(MomentumMethod):
         keys = [k1]
         if self.symmetric:
             keys.insert(0, distributed.gather(local[1]))  # keys of view 0 pair with queries of view 1
-        select = self._selection_inputs(local) if self.negatives.active else None
+        select = self._selection_inputs(local) if self.negatives.selecting else None
         pairs = [(queries[0], k1, 1.0 / n_main)]
         if self.symmetric:
             pairs.append((queries[1], keys[0], 1.0 / n_main))
@@ -117,8 +117,8 @@ class AdCo(MomentumMethod):
             real_mask, selected = neg_mask, None
             if select is not None:  # FNC elimination and the ring; the bank's ascent sees the same mask
                 candidates = torch.cat([k, self.bank.directions().T.to(k.dtype)])  # (B_g + K, D)
-                selected = neg_mask = self.select_negatives(sim, neg_mask, candidates=candidates, **select).mask
-            loss = loss + weight * self.contrastive_loss(pos, sim, neg_mask)
+                selected = neg_mask = self.negatives.select(sim, neg_mask, candidates=candidates, **select).mask
+            loss = loss + weight * self.negatives.loss(pos, sim, neg_mask)
             if self.training:
                 masked = {} if selected is None else {"neg_mask": selected}
                 mem_loss = self.bank.accumulate(z.detach(), k, offset, weight=weight / accumulate, **masked)
@@ -134,28 +134,22 @@ class AdCo(MomentumMethod):
         the labels of the rows and of the columns (gathered keys: their images'; bank: unknown)."""
         inputs: dict[str, Any] = {}
         if self.negatives.fnc != "none":
-            inputs["support"] = self.fnc_support(local_keys)  # (B, V + S, D)
-        y = self._batch_labels
-        if y is not None and self.diagnose():
+            inputs["support"] = self.negatives.support_set(local_keys, self.keys)  # (B, V + S, D)
+        y = self.negatives.labels
+        if y is not None and self.negatives.diagnose:
             unknown = y.new_full((self.bank.size,), -1)  # (K,)
             inputs.update(labels=y, candidate_labels=torch.cat([distributed.gather(y), unknown]))
         return inputs
 
-    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
-        super().optimizer_step(*args, **kwargs)
-        self._optimizer_stepped = True
+    def after_batch(self, stepped: bool = True) -> None:
+        """Once per optimiser step: the bank's ascent, then the key encoder's EMA step (the base's).
 
-    def after_optimizer_step(self) -> None:
-        """Bank ascent and EMA step, once per optimiser step (not per accumulated micro-batch).
-
-        Doing the EMA step here rather than before the next key forward is the same sequence of updates.
-        Without a trainer (direct calls), every call is a step.
+        Taking the EMA step after the optimiser step rather than before the next key forward (as the official
+        loop does) is the same sequence of updates.
         """
-        if self._trainer is not None and not self._optimizer_stepped:
-            return
-        self._optimizer_stepped = False
-        self.bank.step()
-        self.key_encoder.update(self._online(), self.current_momentum())
+        if stepped:
+            self.bank.step()
+        super().after_batch(stepped)
 
     # -- bank_init=official: AdCo's init_memory pass ----------------------------------------------------
     def on_train_start(self) -> None:
@@ -253,7 +247,7 @@ class AdCo(MomentumMethod):
         k = self.keys(views[1])  # (B, D)
         with torch.autocast(device_type=q.device.type, enabled=False):
             pos = (q * k.to(q.dtype)).sum(1, keepdim=True)  # (B, 1)
-            logits = torch.cat([pos, q @ self.bank.directions().to(q.dtype)], dim=1) / self.temperature  # (B, 1 + K)
+            logits = torch.cat([pos, q @ self.bank.directions().to(q.dtype)], dim=1) / self.negatives.temperature
             loss = F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
         return loss, distributed.gather(k)
 

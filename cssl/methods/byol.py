@@ -17,17 +17,13 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from cssl.contrastive.bootstrap import byol_loss
-from cssl.core.errors import check
-from cssl.methods.momentum import MomentumMethod
+from cssl.core.errors import check_int
+from cssl.methods.base import Method
+from cssl.methods.target import MomentumTarget
 from cssl.models.heads import mlp
 
-#: Options of the contrastive objective; they have no meaning without negatives.
-NEGATIVE_OPTIONS = ("temperature", "estimator", "tau_plus", "beta", "beta_anneal")
-#: Prefixes of the negative-sampling transforms (false-negative cancellation, ring, hardness curriculum).
-NEGATIVE_PREFIXES = ("fnc", "ring_", "curriculum")
 
-
-class BYOL(MomentumMethod):
+class BYOL(MomentumTarget, Method):
     """Online backbone + projector + predictor; EMA target backbone + projector (no predictor, no gradient).
 
     Args:
@@ -37,12 +33,9 @@ class BYOL(MomentumMethod):
             its own batch statistics in train mode, as the official code and solo-learn do.
         proj_hidden_dim, proj_output_dim: projector Linear-BN-ReLU-Linear (4096, 256).
         pred_hidden_dim: predictor Linear(256, 4096)-BN-ReLU-Linear(4096, 256).
-        **kwargs: :class:`MomentumMethod` arguments (projector layers, key BN splits) and the base class's
-            probe, kNN and diagnostics arguments. The contrastive ones (temperature, estimator, FNC, ring,
-            curriculum) are refused: BYOL has no negatives.
+        **kwargs: :class:`MomentumTarget` arguments (projector layers, key BN splits) and the method base's
+            probe, kNN and diagnostics arguments. BYOL has no negatives: it takes none of their options.
     """
-
-    uses_negatives = False
 
     def __init__(
         self,
@@ -57,12 +50,7 @@ class BYOL(MomentumMethod):
         pred_hidden_dim: int = 4096,
         **kwargs: Any,
     ) -> None:
-        refused = sorted(k for k in kwargs if k in NEGATIVE_OPTIONS or k.startswith(NEGATIVE_PREFIXES))
-        check(not refused, f"method.{', method.'.join(refused)}: not applicable to byol, which has no negatives")
-        check(
-            isinstance(pred_hidden_dim, int) and pred_hidden_dim >= 1,
-            f"method.pred_hidden_dim must be an integer >= 1, got {pred_hidden_dim!r}",
-        )
+        check_int("method.pred_hidden_dim", pred_hidden_dim, 1)
         super().__init__(
             backbone,
             momentum=momentum,
@@ -73,12 +61,12 @@ class BYOL(MomentumMethod):
             proj_batch_norm=proj_batch_norm,
             **kwargs,
         )
-        self.estimator = None  # no negatives, no estimator (run tags and summary.json say so)
         self.predictor = mlp(proj_output_dim, pred_hidden_dim, proj_output_dim, num_layers=2, batch_norm=True)
-        self._ema_step = 0  # global step of the last target update
 
     # -- the step ------------------------------------------------------------------------------------
-    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def ssl_step(
+        self, views: list[Tensor], support: list[Tensor] | None = None, labels: Tensor | None = None
+    ) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         feats = [self.backbone(v) for v in views[:2]]  # 2 x (B, F): one forward per view
         z = [self.projector(f) for f in feats]  # 2 x (B, D)
         p = [self.predictor(x) for x in z]  # 2 x (B, D)
@@ -89,19 +77,6 @@ class BYOL(MomentumMethod):
         if self.diagnose():
             logs["byol/z_std"] = projection_std(torch.stack(z))
         return loss, feats[0], logs
-
-    def after_optimizer_step(self) -> None:
-        """The target's EMA step after each optimiser step (once per step under gradient accumulation)."""
-        step = self.global_step  # k + 1 after optimiser step k
-        if step > self._ema_step:
-            self.update_target(step - 1)
-        self._ema_step = step
-
-    def update_target(self, step: int) -> float:
-        """xi <- tau_k xi + (1 - tau_k) theta over the (backbone, projector) parameters; returns tau_k."""
-        tau = self.current_momentum(step)
-        self.key_encoder.update(self._online(), tau)
-        return tau
 
 
 def projection_std(z: Tensor) -> Tensor:

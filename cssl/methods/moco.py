@@ -17,14 +17,14 @@ from torch import Tensor
 
 from cssl.contrastive import QueuePool, mochi_negatives
 from cssl.contrastive.estimators import at_least_fp32
-from cssl.contrastive.negatives import ease
-from cssl.core.errors import _is_int, check
-from cssl.methods.momentum import MomentumMethod
+from cssl.core.errors import check, check_int, is_int
+from cssl.methods.contrast import ContrastiveMethod
+from cssl.methods.target import MomentumTarget
 
 QUEUE_SIZE = 65536  # MoCo's ImageNet default
 
 
-class MoCo(MomentumMethod):
+class MoCo(MomentumTarget, ContrastiveMethod):
     """MoCo v2: queries from the online encoder, keys from its EMA copy, negatives from a queue of keys.
 
     Args:
@@ -37,8 +37,10 @@ class MoCo(MomentumMethod):
         query_bn_splits: in training, the query batch goes through the backbone as this many interleaved groups
             (images i, i + S, i + 2S, ...), each with its own BN statistics: the SplitBatchNorm of MoCo's CIFAR demo
             (moco_cifar10_demo.ipynb, cell 8), which simulates 8 GPUs on one. 1: one pass over the batch.
-        **kwargs: :class:`MomentumMethod` arguments (momentum, key BN, projector) and the estimator's.
+        **kwargs: :class:`MomentumTarget` arguments (momentum, key BN, projector) and the negatives'.
     """
+
+    ema_before_forward = True  # the EMA step opens each step, before the key forward (moco/builder.py)
 
     def __init__(
         self,
@@ -51,11 +53,8 @@ class MoCo(MomentumMethod):
         query_bn_splits: int = 1,
         **kwargs: Any,
     ) -> None:
-        check(_is_int(queue_size) and queue_size >= 1, f"method.queue_size must be an integer >= 1, got {queue_size!r}")
-        check(
-            _is_int(query_bn_splits) and query_bn_splits >= 1,
-            f"method.query_bn_splits must be an integer >= 1, got {query_bn_splits!r}",
-        )
+        check_int("method.queue_size", queue_size, 1)
+        check_int("method.query_bn_splits", query_bn_splits, 1)
         super().__init__(backbone, temperature=temperature, proj_output_dim=proj_output_dim, **kwargs)
         self.symmetric = bool(symmetric)
         self.query_bn_splits = query_bn_splits
@@ -65,28 +64,27 @@ class MoCo(MomentumMethod):
             self.queue_labels = QueuePool(queue_size, 1)
             self.queue_labels.queue.fill_(-1)
         self._pending_labels: Tensor | None = None
-        self._ema_step = -1  # global step of the last EMA update
 
     # -- the step ------------------------------------------------------------------------------------
-    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
-        momentum = self.momentum_update()
+    def contrast(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+        momentum = self.step_momentum_pairs()  # the key encoder's EMA step, once per optimiser step
         feats = self.query_features(views[0])  # (B, F)
         q = self.projector(feats)  # (B, D)
         k = self.keys(views[1])  # (B, D)
         fnc = self.negatives.fnc != "none"
         k2 = self.keys(views[0]) if self.symmetric and fnc else None  # (B, D): joins FNC's support set
-        support = self.fnc_support([k] if k2 is None else [k, k2]) if fnc else None  # (B, S', D)
+        support = self.negatives.support_set([k] if k2 is None else [k, k2], self.keys) if fnc else None
         pos, neg, mask, extra_pos = self.query_negatives(q, k, support)  # (B,), (B, K [+ S]), masks or None
-        loss = self.contrastive_loss(pos, neg, mask, extra_pos)
+        loss = self.negatives.loss(pos, neg, mask, extra_pos)
         pending = [k]
         if self.symmetric:
             q2 = self.projector(self.query_features(views[1]))  # (B, D)
             k2 = self.keys(views[0]) if k2 is None else k2  # (B, D)
-            loss = (loss + self.contrastive_loss(*self.query_negatives(q2, k2, support))) / 2
+            loss = (loss + self.negatives.loss(*self.query_negatives(q2, k2, support))) / 2
             pending.append(k2)
         self._pending_keys = torch.cat(pending)  # (B or 2B, D), enqueued after the optimiser step
-        if self._batch_labels is not None:
-            self._pending_labels = torch.cat([self._batch_labels] * len(pending))  # (B or 2B,)
+        if self.negatives.labels is not None:
+            self._pending_labels = torch.cat([self.negatives.labels] * len(pending))  # (B or 2B,)
         return loss, feats, self._diagnostics(pos, neg, momentum)
 
     def query_features(self, x: Tensor) -> Tensor:
@@ -100,7 +98,9 @@ class MoCo(MomentumMethod):
         feats = torch.cat([self.backbone(x[s::splits]) for s in range(splits)])  # (B, F), grouped order
         return feats[torch.argsort(order)]  # (B, F), batch order
 
-    def after_optimizer_step(self) -> None:
+    def after_batch(self, stepped: bool = True) -> None:
+        """Enqueue this batch's keys (every micro-batch's, as the official loop does per iteration)."""
+        super().after_batch(stepped)
         if self._pending_keys is not None:
             if hasattr(self, "queue_labels"):  # in step with the keys (-1 where no labels came with the batch)
                 y = self._pending_labels
@@ -109,19 +109,6 @@ class MoCo(MomentumMethod):
                 self.queue_labels.enqueue(y[:, None])
             self.queue.enqueue(self._pending_keys)
             self._pending_keys, self._pending_labels = None, None
-
-    def momentum_update(self) -> float:
-        """EMA step of the key encoder towards the online encoder; returns the m used.
-
-        Under a trainer it steps once per optimiser step: with gradient accumulation the later micro-batches
-        of a step find the online weights unchanged and skip it (else m would act as m^accumulation).
-        """
-        momentum = self.current_momentum()
-        if self._trainer is not None and self._ema_step == self.global_step:
-            return momentum
-        self._ema_step = self.global_step
-        self.key_encoder.update(self._online(), momentum)
-        return momentum
 
     def query_logits(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         """Cosine similarities of the unit queries with their key and with the negatives.
@@ -149,11 +136,10 @@ class MoCo(MomentumMethod):
             neg = q @ queue.T  # (B, K)
             mask = extra_pos = None
             ranked = neg
-            if self.negatives.active:
-                labels = self._batch_labels
+            if self.negatives.selecting:
                 queued = self.queue_labels.queue[:, 0].long() if hasattr(self, "queue_labels") else None  # (K,)
-                selection = self.select_negatives(
-                    neg, None, support=support, candidates=queue, labels=labels, candidate_labels=queued
+                selection = self.negatives.select(
+                    neg, None, support=support, candidates=queue, labels=self.negatives.labels, candidate_labels=queued
                 )
                 mask, extra_pos = selection.mask, selection.extra_pos  # (B, K) each
                 ranked = neg.detach().masked_fill(~mask, float("-inf"))  # MoChi's hardest among the survivors
@@ -201,6 +187,8 @@ class MoChi(MoCo):
         **kwargs: :class:`MoCo` arguments.
     """
 
+    method_knobs = ("mochi",)  # a hardness curriculum may drive the mixes
+
     def __init__(
         self,
         backbone: nn.Module,
@@ -211,15 +199,12 @@ class MoChi(MoCo):
         mochi_warmup_epochs: int = 10,
         **kwargs: Any,
     ) -> None:
-        check(_is_int(n_hard) and n_hard >= 1, f"method.n_hard must be an integer >= 1, got {n_hard!r}")
-        check(_is_int(s) and s >= 0, f"method.s must be an integer >= 0, got {s!r}")
-        check(_is_int(s_prime) and s_prime >= 0, f"method.s_prime must be an integer >= 0, got {s_prime!r}")
-        check(
-            _is_int(mochi_warmup_epochs) and mochi_warmup_epochs >= 0,
-            f"method.mochi_warmup_epochs must be an integer >= 0, got {mochi_warmup_epochs!r}",
-        )
+        check_int("method.n_hard", n_hard, 1)
+        check_int("method.s", s, 0)
+        check_int("method.s_prime", s_prime, 0)
+        check_int("method.mochi_warmup_epochs", mochi_warmup_epochs, 0)
         queue_size = kwargs.get("queue_size", QUEUE_SIZE)
-        if _is_int(queue_size):
+        if is_int(queue_size):
             check(n_hard <= queue_size, f"method.n_hard={n_hard} exceeds method.queue_size={queue_size}; lower n_hard")
         super().__init__(backbone, **kwargs)
         self.n_hard, self.s, self.s_prime, self.mochi_warmup_epochs = n_hard, s, s_prime, mochi_warmup_epochs
@@ -227,15 +212,9 @@ class MoChi(MoCo):
     def mixing_active(self) -> bool:
         return self.s + self.s_prime > 0 and self.current_epoch >= self.mochi_warmup_epochs
 
-    def curriculum_knobs(self) -> list[str]:
-        return [*super().curriculum_knobs(), "mochi"]
-
     def current_mixes(self) -> tuple[int, int]:
         """(s, s') at this step: under the curriculum round(h * s), round(h * s') (NEGATIVES.md 4.2)."""
-        if self.curriculum == "none":
-            return self.s, self.s_prime
-        h = self.current_hardness()
-        return round(ease(0, self.s, h)), round(ease(0, self.s_prime, h))
+        return round(self.negatives.ease(0, self.s)), round(self.negatives.ease(0, self.s_prime))
 
     def extra_negatives(self, q: Tensor, sim: Tensor) -> Tensor | None:
         s, s_prime = self.current_mixes()

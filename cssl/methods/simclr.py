@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from cssl.contrastive import in_batch_similarities, nt_xent
+from cssl.contrastive import in_batch_similarities
 from cssl.core import distributed
-from cssl.methods.base import ContrastiveMethod
+from cssl.methods.contrast import ContrastiveMethod
 from cssl.models.heads import mlp
 
 
@@ -18,8 +18,8 @@ class SimCLR(ContrastiveMethod):
     """In-batch negatives gathered across ranks with gradient.
 
     Args:
-        temperature: t of the loss; the estimator (``infonce`` for SimCLR, ``dcl``, ``hcl``) and its
-            parameters are :class:`ContrastiveMethod` arguments.
+        temperature: t of the loss; the estimator (``infonce`` for SimCLR, ``dcl``, ``hcl``) and the rest of
+            the negatives are :class:`ContrastiveMethod` arguments.
         proj_hidden_dim, proj_output_dim, proj_layers: projector MLP.
         **kwargs: :class:`ContrastiveMethod` arguments.
     """
@@ -37,19 +37,15 @@ class SimCLR(ContrastiveMethod):
         super().__init__(backbone, temperature=temperature, **kwargs)
         self.projector = mlp(self.num_features, proj_hidden_dim, proj_output_dim, num_layers=proj_layers)
 
-    def contrastive_step(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
+    def contrast(self, views: list[Tensor]) -> tuple[Tensor, Tensor, dict[str, Tensor]]:
         b = views[0].shape[0]
         feats, z = self.encode_views(views[:2], self.projector)  # (2B, F), (2B, D): one pass or one per view
-        beta = self.current_beta()
-        if self.negatives.active:
-            loss = self.selected_loss(z[:b], z[b:])
-        else:
-            loss = nt_xent(z[:b], z[b:], self.temperature, estimator=self.estimator, tau_plus=self.tau_plus, beta=beta)
+        z1, z2 = z[:b], z[b:]  # (B, D) each
+        loss = self.selected_loss(z1, z2) if self.negatives.selecting else self.negatives.in_batch_loss(z1, z2)
         logs = {}
         if self.diagnose():
             with torch.no_grad():  # one more similarity product every few steps, no extra forward
-                pos, sim, mask = in_batch_similarities(z[:b].detach(), z[b:].detach())
-            logs = self.negative_diagnostics(pos, sim, mask)
+                logs = self.negative_diagnostics(*in_batch_similarities(z1.detach(), z2.detach()))
         return loss, feats[:b], logs
 
     def selected_loss(self, z1: Tensor, z2: Tensor) -> Tensor:
@@ -63,19 +59,14 @@ class SimCLR(ContrastiveMethod):
         pos, sim, mask = in_batch_similarities(z1, z2)  # (2B,), (2B, 2B_g), (2B, 2B_g)
         options: dict[str, Any] = {}
         if self.negatives.fnc != "none":
-            support = torch.stack([z1, z2], dim=1).detach()  # (B, 2, D)
-            extra = self.support_embeddings(lambda x: self.projector(self.backbone(x)))  # (B, S, D) or None
-            if extra is not None:
-                support = torch.cat([support, extra.to(support.dtype)], dim=1)  # (B, 2 + S, D)
-            candidates = torch.cat([distributed.gather(z1), distributed.gather(z2)])  # (2B_g, D), no gradient
+            y = self.negatives.labels
+            y_all = distributed.gather(y) if y is not None and self.negatives.diagnose else None  # (B_g,)
             options = {
-                "support": support,
-                "candidates": candidates,
+                "support": self.negatives.support_set([z1, z2], lambda x: self.projector(self.backbone(x))),
+                "candidates": torch.cat([distributed.gather(z1), distributed.gather(z2)]),  # (2B_g, D), no grad
                 "image_of_row": torch.arange(2 * b, device=z1.device) % b,
+                "labels": None if y_all is None else torch.cat([y, y]),
+                "candidate_labels": None if y_all is None else torch.cat([y_all, y_all]),
             }
-            y = self._batch_labels
-            if y is not None and self.diagnose():
-                y_all = distributed.gather(y)  # (B_g,)
-                options.update(labels=torch.cat([y, y]), candidate_labels=torch.cat([y_all, y_all]))
-        selection = self.select_negatives(sim, mask, **options)
-        return self.contrastive_loss(pos, sim, selection.mask, selection.extra_pos)
+        selection = self.negatives.select(sim, mask, **options)
+        return self.negatives.loss(pos, sim, selection.mask, selection.extra_pos)

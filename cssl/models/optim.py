@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DistributedSampler
 
-from cssl.core.errors import ConfigError, _is_number, check, check_positive
+from cssl.core.errors import ConfigError, check, check_positive, is_number
 
 if TYPE_CHECKING:
     import pytorch_lightning as pl
@@ -86,12 +86,12 @@ class OptimSettings:
         )
         check(
             milestones is not None
-            and all(_is_number(m) and m >= 0 for m in milestones)
+            and all(is_number(m) and m >= 0 for m in milestones)
             and all(a < b for a, b in zip(milestones, milestones[1:], strict=False)),
             f"optimizer.milestones must be a list of increasing epochs >= 0, got {self.milestones!r}",
         )
         object.__setattr__(self, "milestones", tuple(float(m) for m in milestones))
-        check(_is_number(self.gamma) and 0 < self.gamma <= 1, f"optimizer.gamma must be in (0, 1], got {self.gamma!r}")
+        check(is_number(self.gamma) and 0 < self.gamma <= 1, f"optimizer.gamma must be in (0, 1], got {self.gamma!r}")
         check_positive("optimizer.lars_eta", self.lars_eta)
         check(isinstance(self.lars_clip, bool), f"optimizer.lars_clip must be true or false, got {self.lars_clip!r}")
 

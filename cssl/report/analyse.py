@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cssl.core.errors import ConfigError
-from cssl.report.load import Run, _number, join_linear
+from cssl.report.load import Run, as_number, join_linear
 
 #: Column order of the known metrics; other metrics follow in name order, then the timing columns.
 LEADING = (
@@ -23,7 +23,7 @@ TRAILING = ("images_per_second", "wall_seconds")
 DEFAULT_COLUMNS = ("linear_top1_best", "linear_top1", "knn_top1", "eval_knn_top1", "online_top1", "train_loss")
 #: A few diagnostics per method family (shown by default when some run of the family has them).
 FAMILY_COLUMNS = {
-    "no_negatives": ("byol/cos", "byol/z_std", "byol/tau"),  # methods with ``uses_negatives = False``
+    "no_negatives": ("byol/cos", "byol/z_std", "byol/tau"),  # methods that are no ContrastiveMethod
     "queue": ("neg/queue_age_mean", "neg/bank_drift"),  # queue and memory-bank pools
     "hcl": ("neg/hcl_weight_std", "neg/hcl_weight_max"),  # HCL's importance weights
     "in_batch": ("neg/effective_negatives",),  # negatives from the batch
@@ -133,8 +133,8 @@ def independent_keys(runs: Sequence[Run], keys: Sequence[str]) -> list[str]:
     return chosen
 
 
-def _sort_value(value: Any) -> tuple[int, float, str]:
-    number = _number(value)
+def sort_value(value: Any) -> tuple[int, float, str]:
+    number = as_number(value)
     if value == MISSING:
         return (2, 0.0, "")
     return (0, number, "") if number is not None else (1, 0.0, str(value))
@@ -173,7 +173,7 @@ def build_report(runs: Sequence[Run]) -> Report:
         stats = {c: s for c in columns if (s := metric_stats(members, c)) is not None}
         rows.append(Row(values, sorted(members, key=lambda r: str(r.seed)), stats))
     order = plotted + [k for k in varied if k not in plotted]
-    rows.sort(key=lambda row: [_sort_value(row.values[k]) for k in order])
+    rows.sort(key=lambda row: [sort_value(row.values[k]) for k in order])
     return Report(varied=varied, plotted=plotted, columns=columns, rows=rows, runs=pretrain, linear_runs=linear)
 
 
@@ -225,15 +225,13 @@ def add_baselines(report: Report, cache: Path | None) -> int:
 
 # -- which columns the table shows ----------------------------------------------------------------------
 def family(run: Run) -> str:
-    """A run's method family for the default diagnostics: ``no_negatives`` (the method class says
-    ``uses_negatives = False``), ``hcl`` (HCL's estimator), ``queue`` (a queue or bank: queue ages logged),
+    """A run's method family for the default diagnostics: ``no_negatives`` (the method class is no
+    :class:`~cssl.methods.ContrastiveMethod`), ``hcl`` (HCL's estimator), ``queue`` (a queue or bank: queue ages logged),
     else ``in_batch``."""
-    from cssl.methods import METHODS
+    from cssl.methods import METHODS, ContrastiveMethod
 
     cls = METHODS.get(str(run.config.get("method.name", run.summary.get("method"))))
-    if (cls is not None and not getattr(cls, "uses_negatives", True)) or any(
-        m.startswith("byol/") for m in run.metrics
-    ):
+    if (cls is not None and not issubclass(cls, ContrastiveMethod)) or any(m.startswith("byol/") for m in run.metrics):
         return "no_negatives"
     if str(run.config.get("method.estimator", "")) == "hcl" or "neg/hcl_weight_std" in run.metrics:
         return "hcl"

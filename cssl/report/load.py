@@ -99,7 +99,7 @@ def _read(path: Path, loader: Any) -> Any:
         raise ConfigError(f"cannot read {path}: {_first_line(err) or type(err).__name__}") from None
 
 
-def _number(value: Any) -> float | None:
+def as_number(value: Any) -> float | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
@@ -107,10 +107,10 @@ def _number(value: Any) -> float | None:
 
 def pretrain_metrics(summary: dict[str, Any], logged: dict[str, Any]) -> dict[str, float]:
     """A pretraining run's metrics: the summary's scalars, then every other final logged scalar."""
-    metrics = {k: v for k in SUMMARY_METRICS if (v := _number(summary.get(k))) is not None}
+    metrics = {k: v for k in SUMMARY_METRICS if (v := as_number(summary.get(k))) is not None}
     for name, value in sorted(logged.items()):
         alias = ALIASES.get(name)
-        number = _number(value)
+        number = as_number(value)
         if number is None or str(name).startswith("_") or name in WANDB_BOOKKEEPING:
             continue
         if alias is None:
@@ -148,11 +148,13 @@ def _curves(rows: Iterable[dict[str, Any]], step_keys: Sequence[str]) -> dict[st
     """``val/...`` metric -> [(step, value)] sorted by step (the last value of a step kept), from logged rows."""
     curves: dict[str, dict[int, float]] = {}
     for row in rows:
-        step = next((_number(_parse(row.get(k))) for k in step_keys if _number(_parse(row.get(k))) is not None), None)
+        step = next(
+            (as_number(_parse(row.get(k))) for k in step_keys if as_number(_parse(row.get(k))) is not None), None
+        )
         if step is None:
             continue
         for name, raw in row.items():
-            value = _number(_parse(raw))
+            value = as_number(_parse(raw))
             if str(name).startswith("val/") and name not in CURVE_IGNORED and value is not None:
                 curves.setdefault(str(name), {})[int(step)] = value
     return {name: sorted(points.items()) for name, points in sorted(curves.items())}
@@ -183,10 +185,10 @@ def load_local(paths: Sequence[str | Path]) -> list[Run]:
 
 def load_wandb(group: str, *, project: str, entity: str | None) -> list[Run]:
     """The finished runs of a W&B group (config and summary), through ``wandb.Api()``; needs a network."""
-    from cssl.runtime.loggers import _reachable
+    from cssl.runtime.loggers import reachable
 
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
-    if not _reachable(base):
+    if not reachable(base):
         raise ConfigError(f"--wandb-group: cannot reach W&B at {base} (no network?); report local run dirs instead")
     try:
         import wandb
@@ -262,9 +264,9 @@ def join_linear(pretrain: list[Run], evaluations: list[Run]) -> int:
         joined += 1
         prefix = "linear" if ev.summary.get("mode", "linear") == "linear" else "eval_knn"
         for k in ("top1", "top5"):
-            if (value := _number(ev.summary.get(k))) is not None:
+            if (value := as_number(ev.summary.get(k))) is not None:
                 results.setdefault(match, {}).setdefault(f"{prefix}_{k}", []).append(value)
-        if prefix == "linear" and (value := _number(ev.summary.get("top1_best"))) is not None:
+        if prefix == "linear" and (value := as_number(ev.summary.get("top1_best"))) is not None:
             results.setdefault(match, {}).setdefault("linear_top1_best", []).append(value)
     for i, values in results.items():
         pretrain[i].metrics.update({k: statistics.fmean(v) for k, v in values.items()})

@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from cssl.core.errors import ConfigError
-from cssl.report.analyse import MISSING, Report, Row, _sort_value, config_key, metric_stats
-from cssl.report.load import _number
+from cssl.report.analyse import MISSING, Report, Row, config_key, metric_stats, sort_value
+from cssl.report.load import as_number
 
 #: Accuracies plotted against each varied key, when runs have them.
 PLOTTED = ("knn_top1", "online_top1", "linear_top1")
@@ -213,10 +213,10 @@ def plot_key(report: Report, key: str, path: Path) -> bool:
         return False
     others = [k for k in report.plotted if k != key]
     raw = {config_key(r, [key]): r.config.get(key, MISSING) for r in report.runs}
-    xs = sorted(raw, key=lambda h: _sort_value(raw[h]))
-    numeric = all(_number(raw[x]) is not None for x in xs)
+    xs = sorted(raw, key=lambda h: sort_value(raw[h]))
+    numeric = all(as_number(raw[x]) is not None for x in xs)
     combos = {config_key(r, others): [r.config.get(k, MISSING) for k in others] for r in report.runs}
-    series = sorted(combos, key=lambda c: [_sort_value(v) for v in combos[c]])
+    series = sorted(combos, key=lambda c: [sort_value(v) for v in combos[c]])
     fig, axes = _figure(len(metrics))
     width = 0.8 / max(len(series), 1)
     for ax, metric in zip(axes, metrics, strict=True):

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
+import time
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +16,7 @@ import torch
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from torchmetrics import Metric
 
-from cssl.core import distributed
+from cssl.core import distributed, storage
 from cssl.core.errors import ConfigError, check
 
 FORMAT_VERSION = 1
@@ -24,27 +24,92 @@ FORMAT_VERSION = 1
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file in the same folder, fsyncs, then renames over the target, so that an
-    interrupted save never leaves a truncated checkpoint; reads with ``weights_only=True``."""
+    interrupted save never leaves a truncated checkpoint; reads with ``weights_only=True``. A full disk or
+    quota becomes one line (:class:`cssl.core.storage.StorageError`) and the previous files stay."""
+
+    last_save_seconds: float | None = None  # of the newest save in this process (preemption budgets)
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        start = time.monotonic()
         atomic_save(checkpoint, Path(path))
+        AtomicCheckpointIO.last_save_seconds = time.monotonic() - start
 
     def load_checkpoint(self, path: Any, map_location: Any = None, weights_only: bool | None = True) -> dict:
         return read_checkpoint(Path(path), map_location=map_location or "cpu")
 
 
 def atomic_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    """``torch.save`` through :func:`cssl.core.storage.atomic_write` (temporary file, fsync, rename).
+
+    Raises:
+        StorageError: one line with the file, the cause, the bytes needed and free, what to do, and which
+            checkpoint ``resume=auto`` would continue from.
+    """
+    path = Path(path)
+    storage.atomic_write(path, lambda f: torch.save(obj, f), needed=tensor_bytes(obj), then=_resume_hint(path))
+
+
+def _resume_hint(path: Path) -> str:
+    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+        newest = resume_candidates(run_dir)
+    except OSError:
+        newest = []
+    if not newest:
+        return "no partial file is left; no checkpoint was written before this one"
+    return (
+        f"no partial file is left and {newest[0]} is intact; once there is room, the same command with "
+        "resume=auto continues from it"
+    )
+
+
+def tensor_bytes(obj: Any) -> int:
+    """The bytes of the tensors in ``obj`` (nested dicts, lists and tuples): a checkpoint's size, to a few KiB."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(v) for v in obj.values())
+    if isinstance(obj, list | tuple):
+        return sum(tensor_bytes(v) for v in obj)
+    return 0
+
+
+class SpaceCheck(pl.Callback):
+    """Before the first checkpoint (at the first batch end, before Lightning's checkpoint callbacks, which it
+    runs last), estimate a checkpoint's size from the model and optimiser state and warn in one line when the
+    checkpoint folder's file system cannot hold ``files`` of them.
+
+    Args:
+        folder: where the checkpoints go.
+        files: how many checkpoints exist at once at the peak (the kept ones and the one being written).
+        what: those files in words, for the warning.
+    """
+
+    def __init__(self, folder: Path, files: int, what: str) -> None:
+        self.folder, self.files, self.what = Path(folder), files, what
+        self.checked = False
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
+        if self.checked:
+            return
+        self.checked = True
+        if not trainer.is_global_zero:
+            return
+        size = tensor_bytes(pl_module.state_dict()) + sum(tensor_bytes(o.state_dict()) for o in trainer.optimizers)
+        message = storage.short_of_space(self.folder, size, self.files, self.what)
+        if message is not None:
+            storage.warn(message)
+
+
+def kept_checkpoints(every_n_steps: int, every_n_minutes: float, keep_last: int) -> tuple[int, str]:
+    """How many checkpoints exist at once at the peak, and which: ``last.ckpt``, the ``keep_last`` step files
+    (with step checkpoints on) and the file being written (the old one is removed only after it is complete).
+    Epoch files (``checkpoint.every_n_epochs``) come on top."""
+    if (every_n_steps or every_n_minutes) and keep_last > 0:
+        return keep_last + 2, f"checkpoint.keep_last={keep_last} step files, last.ckpt and the one being written"
+    if every_n_steps or every_n_minutes:
+        return 3, "last.ckpt, a step file and the one being written (checkpoint.keep_last=-1 keeps them all)"
+    return 2, "last.ckpt and the one being written"
 
 
 def read_checkpoint(path: Path, map_location: Any = "cpu") -> dict[str, Any]:
@@ -187,16 +252,15 @@ class RNGState(pl.Callback):
 
 
 class FinishStep(pl.Callback):
-    """Completes the method's work of a step (MoCo's enqueue of the keys, AdCo's bank ascent and EMA step:
-    ``after_optimizer_step``) before any checkpoint of that step is written. Lightning calls the callbacks'
+    """Completes the method's work of a step (enqueueing keys, a bank's ascent, EMA steps: the module's
+    ``finish_batch``) before any checkpoint of that step is written. Lightning calls the callbacks'
     ``on_train_batch_end`` before the module's, so a step checkpoint would otherwise hold a step half done.
-    Put it first among the callbacks; ``after_optimizer_step`` runs once, the module's own call finds nothing
-    left to do."""
+    Put it first among the callbacks; ``finish_batch`` runs once per batch, the module's own call skips it."""
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, *args: Any) -> None:
-        after = getattr(pl_module, "after_optimizer_step", None)
-        if after is not None:
-            after()
+        finish = getattr(pl_module, "finish_batch", None)
+        if finish is not None:
+            finish()
 
 
 class MetricStates(pl.Callback):

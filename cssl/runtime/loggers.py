@@ -12,9 +12,12 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
+from torch import Tensor
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError
 
 LOGGERS = ("wandb", "csv", "none")
@@ -32,7 +35,7 @@ def wandb_mode(requested: str = "auto") -> str:
         return requested
     if not _has_api_key():
         return "offline"
-    return "online" if _reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")) else "offline"
+    return "online" if reachable(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")) else "offline"
 
 
 def _has_api_key() -> bool:
@@ -44,7 +47,7 @@ def _has_api_key() -> bool:
         return False
 
 
-def _reachable(url: str, timeout: float = 3.0) -> bool:
+def reachable(url: str, timeout: float = 3.0) -> bool:
     host = url.split("://", 1)[-1].split("/", 1)[0]
     name, _, port = host.partition(":")
     try:
@@ -61,6 +64,8 @@ class SafeWandbLogger(WandbLogger):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._broken = False
+        if self._wandb_init.get("anonymous") is None:  # W&B warns on any value of this obsolete setting
+            self._wandb_init.pop("anonymous", None)
 
     def _guard(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
         if self._broken:
@@ -69,6 +74,14 @@ class SafeWandbLogger(WandbLogger):
             return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - logging must never kill training
             self._broken = True
+            fault = storage.find_os_error(err)
+            if fault is not None:  # the W&B folder on a full disk, a quota, a read-only file system
+                where = Path(fault.filename) if fault.filename else Path(self.save_dir or ".")
+                _warn(
+                    "warning: W&B logging failed and is now off for this run, training goes on: could not write "
+                    + storage.describe(where, fault)
+                )
+                return None
             first = str(err).strip().splitlines()[0] if str(err).strip() else ""
             _warn(f"warning: W&B logging failed and is now off for this run ({type(err).__name__}: {first})")
             return None
@@ -80,6 +93,7 @@ class SafeWandbLogger(WandbLogger):
         if self._broken:
             return _DummyExperiment()
         result = self._guard(lambda: WandbLogger.experiment.fget(self))
+        storage.guard_log_files()  # W&B's own debug.log on a full disk: one warning, not a traceback per record
         return _DummyExperiment() if result is None else result
 
     def log_metrics(self, metrics: Any, step: Any = None) -> None:
@@ -96,6 +110,26 @@ class SafeWandbLogger(WandbLogger):
 
     def finalize(self, status: str) -> None:
         self._guard(super().finalize, status)
+
+
+def where_logged(loggers: list[Logger]) -> str | None:
+    """Where the run's metrics went, for its closing lines: the W&B run's page, or its offline folder and the
+    command that uploads it, or the CSV file; None without a logger (and on every rank but 0)."""
+    from cssl.runtime.console import shown
+
+    if rank_zero_only.rank != 0:
+        return None
+    for logger in loggers:
+        if isinstance(logger, SafeWandbLogger):
+            if logger._broken:
+                return "W&B logging failed during the run (the warning above); summary.json has the metrics"
+            run = logger.experiment
+            if logger._offline:
+                return f"W&B offline; upload with: wandb sync {shown(Path(run.dir).parent)}"
+            return f"W&B {run.url}"
+        if isinstance(logger, CSVLogger):
+            return shown(Path(logger.log_dir) / "metrics.csv")
+    return None
 
 
 @rank_zero_only
@@ -204,3 +238,21 @@ def scalar_metrics(metrics: Mapping[str, Any]) -> dict[str, float | None]:
             continue
         out[str(name)] = number if math.isfinite(number) else None
     return dict(sorted(out.items()))
+
+
+def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_values: int = 100_000) -> None:
+    """Histograms of positive and negative similarities to W&B (other loggers: nothing)."""
+    if not isinstance(logger, WandbLogger):
+        return
+    import wandb
+
+    neg = neg.flatten()
+    if neg.numel() > max_values:
+        neg = neg[torch.randint(neg.numel(), (max_values,), device=neg.device)]
+    logger.log_metrics(
+        {
+            "neg/pos_sim_hist": wandb.Histogram(pos.float().cpu().numpy()),
+            "neg/neg_sim_hist": wandb.Histogram(neg.float().cpu().numpy()),
+        },
+        step=step,
+    )

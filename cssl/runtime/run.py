@@ -15,9 +15,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.utilities import rank_zero_only
 
+from cssl.core import storage
 from cssl.core.errors import ConfigError, check
-from cssl.data import EvalTransform, ImageDataModule, build_datamodule
-from cssl.runtime import slurm
+from cssl.data import ImageDataModule, build_datamodule
+from cssl.data.plan import ViewPlan
+from cssl.runtime import console, slurm
 from cssl.runtime.checkpoint import AtomicCheckpointIO
 from cssl.runtime.loggers import build_logger
 
@@ -30,7 +32,7 @@ def output_dir(cfg: DictConfig) -> Path:
         out = Path(HydraConfig.get().runtime.output_dir)
     except (ImportError, ValueError):
         out = Path(str(cfg.run_dir))
-    out.mkdir(parents=True, exist_ok=True)
+    storage.check_writable(out)  # a run dir that cannot be written is refused before any work
     return out
 
 
@@ -38,37 +40,27 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
-def build_data(
-    cfg: DictConfig, *, train_split: str, train_transform: Any, eval_transform: Any = None
-) -> ImageDataModule:
-    """The data module of ``cfg.data`` (augmentation options excluded: the caller builds the transforms)."""
+def build_data(cfg: DictConfig, *, train_split: str, views: ViewPlan | None = None, **extra: Any) -> ImageDataModule:
+    """The data module of ``cfg.data`` with the training ``views`` (the caller's plan: the augmentation keys
+    of ``cfg.data`` are read there) and ``extra`` constructor options (``val_views``, ``val_bank``, ...)."""
     options = {
         k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "augment_per_view", "multicrop")
     }
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
-    data = build_datamodule(
-        str(cfg.data.name),
-        train_split=train_split,
-        train_transform=train_transform,
-        eval_transform=eval_transform,
-        **options,
-    )
-    data.seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
-    return data
-
-
-def eval_transform(data: ImageDataModule) -> EvalTransform:
-    """The deterministic evaluation transform of ``data``: side ``data.eval_image_size`` (the kNN monitor and
-    the linear-evaluation test set), the data's centre-crop rule and normalisation constants."""
-    return EvalTransform(data.eval_image_size, center_crop=data.center_crop_eval, mean=data.mean, std=data.std)
+    seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
+    return build_datamodule(str(cfg.data.name), train_split=train_split, views=views, seed=seed, **options, **extra)
 
 
 def build_trainer(
     cfg: DictConfig, run_dir: Path, *, callbacks: list[pl.Callback], logger_config: dict[str, Any] | None = None
 ) -> pl.Trainer:
     """A Trainer from ``cfg.trainer`` with cssl's checkpoint IO, progress bar and logger."""
+    console.quiet()  # before the Trainer's own start-up messages
     options = plain(cfg.trainer)
+    for key in ("limit_train_batches", "limit_val_batches", "limit_test_batches", "limit_predict_batches"):
+        if isinstance(options.get(key), float) and options[key] == 1.0:
+            del options[key]  # Lightning's default; passed explicitly, Lightning prints a note saying so
     log = dict(plain(cfg.logger))
     logger = build_logger(str(log.pop("name")), run_dir, config=logger_config, **log)
     progress_bar = bool(options.pop("progress_bar", True))
@@ -145,23 +137,21 @@ def metric(trainer: pl.Trainer, key: str) -> float | None:
     return None if value is None else float(value)
 
 
+SUMMARY_HINT = "the checkpoints are intact; once there is room, the same command (with resume=auto) writes it"
+
+
 @rank_zero_only
 def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
-    """Write ``summary.json`` atomically and print it."""
-    path = run_dir / "summary.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(summary, indent=2) + "\n")
-    tmp.replace(path)
-    print(json.dumps(summary, indent=2))
+    """Write ``summary.json`` atomically (the terminal gets :func:`say`'s few lines instead)."""
+    storage.atomic_write_text(run_dir / "summary.json", json.dumps(summary, indent=2) + "\n", then=SUMMARY_HINT)
+
+
+@rank_zero_only
+def say(lines: list[str]) -> None:
+    """Print a run's closing lines (:mod:`cssl.runtime.console`), after a blank line."""
+    print("\n" + "\n".join(lines), flush=True)
 
 
 @rank_zero_only
 def save_config(run_dir: Path, cfg: DictConfig) -> None:
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
-
-
-def check_int(name: str, value: Any, minimum: int) -> None:
-    check(
-        isinstance(value, int) and not isinstance(value, bool) and value >= minimum,
-        f"{name} must be an integer >= {minimum}, got {value!r}",
-    )
+    storage.atomic_write_text(run_dir / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))

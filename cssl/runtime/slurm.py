@@ -16,10 +16,8 @@ import re
 import signal
 import subprocess
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
-import pytorch_lightning as pl
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 
@@ -52,48 +50,6 @@ def requeue_signal(name: Any) -> signal.Signals | None:
 
 class Requeued(Exception):
     """Raised on every rank once the requeue checkpoint is written; the entry point ends the run cleanly."""
-
-
-class SlurmRequeue(pl.Callback):
-    """On ``signum``: at the next batch end, on all ranks, write ``run_dir/hpc_ckpt_<n>.ckpt``, call
-    ``scontrol requeue`` (rank 0) and stop with :class:`Requeued`.
-
-    Args:
-        run_dir: the run's folder (where ``resume=auto`` looks for ``hpc_ckpt_*.ckpt``).
-        signum: the signal of ``#SBATCH --signal=<SIG>@<seconds>``.
-    """
-
-    def __init__(self, run_dir: Path, signum: signal.Signals) -> None:
-        self.run_dir, self.signum = Path(run_dir), signum
-        self.requested = False
-        self._previous: Any = None
-
-    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            self._previous = signal.signal(self.signum, self._on_signal)
-
-    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        if stage == "fit" and self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
-
-    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self.requested = True  # only a flag: the checkpoint is written between steps
-
-    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
-        # SLURM signals the tasks one by one: the ranks agree at the same batch (any rank that got it)
-        if not trainer.strategy.reduce_boolean_decision(self.requested, all=False):
-            return
-        path = self.run_dir / f"hpc_ckpt_{hpc_index(self.run_dir) + 1}.ckpt"
-        trainer.strategy.barrier("hpc_ckpt_name")  # every rank picked the name before rank 0 writes it
-        trainer.save_checkpoint(path)
-        if trainer.is_global_zero:
-            for old in self.run_dir.glob("hpc_ckpt_*.ckpt"):
-                if old != path:
-                    old.unlink(missing_ok=True)
-            requeue()
-        trainer.strategy.barrier("requeue")
-        raise Requeued(f"stopped at step {trainer.global_step} for a requeue; {path} holds the state")
 
 
 def hpc_index(run_dir: Path) -> int:

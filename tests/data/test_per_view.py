@@ -4,30 +4,29 @@ from __future__ import annotations
 
 import pytest
 import torch
-from omegaconf import OmegaConf
 
 from cssl.core.errors import ConfigError
 from cssl.data import ViewAugment
-from cssl.pretrain import build_views
+from cssl.data.plan import ViewPlan
 
 MEAN, STD = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
 PLAIN = {"crop_scale": [0.08, 1.0], "hflip": True, "jitter_strength": 0.0, "grayscale_p": 0.0, "blur_p": 0.0}
 
 
-def _cfg(per_view, augment=PLAIN):
-    return OmegaConf.create({"data": {"augment": dict(augment), "multicrop": None, "augment_per_view": per_view}})
+def _plan(per_view, augment=PLAIN):
+    return ViewPlan(augment=dict(augment), per_view=per_view)
 
 
 def test_each_view_takes_its_own_overrides():
     # a flat image at 0.9: every op but solarisation leaves it unchanged, and solarisation maps it to 0.1
     x = torch.full((4, 3, 20, 20), 0.9)
-    views = build_views(_cfg([{"solarize_p": 0.0}, {"solarize_p": 1.0}]), 16, MEAN, STD)
+    views = _plan([{"solarize_p": 0.0}, {"solarize_p": 1.0}]).transform(16, MEAN, STD)
     a, b = views(x)
     assert torch.allclose(a, torch.full_like(a, (0.9 - 0.5) / 0.25), atol=1e-5)
     assert torch.allclose(b, torch.full_like(b, (0.1 - 0.5) / 0.25), atol=1e-5)
     # without overrides both views are alike; an empty mapping keeps data.augment for that view
     for per_view in (None, [{}, {}]):
-        a, b = build_views(_cfg(per_view, {**PLAIN, "solarize_p": 1.0}), 16, MEAN, STD)(x)
+        a, b = _plan(per_view, {**PLAIN, "solarize_p": 1.0}).transform(16, MEAN, STD)(x)
         assert torch.allclose(a, b) and torch.allclose(a, torch.full_like(a, -1.6), atol=1e-5)
 
 
@@ -43,7 +42,7 @@ def test_each_view_takes_its_own_overrides():
 )
 def test_bad_per_view_overrides_are_one_line_config_errors(per_view, match):
     with pytest.raises(ConfigError, match=match) as err:
-        build_views(_cfg(per_view), 16, MEAN, STD)
+        _plan(per_view).transform(16, MEAN, STD)
     assert "\n" not in str(err.value)
 
 

@@ -220,25 +220,22 @@ def test_view_augment_without_crop_keeps_the_worker_views_geometry():
     assert not torch.allclose(cropped(x), want, atol=1e-2)
 
 
-def test_view_specs_follow_build_views_order_and_the_config():
-    from omegaconf import OmegaConf
-
-    from cssl.pretrain import build_views, view_specs
+def test_view_specs_follow_the_transforms_order_and_the_config():
+    from cssl.data.plan import ViewPlan
 
     augment = {"crop_scale": [0.2, 1.0], "blur_p": 0.0}
     multicrop = {"sizes": [24, 16], "scales": [[0.14, 1.0], [0.05, 0.4]]}
-    cfg = OmegaConf.create({"data": {"augment": augment, "multicrop": multicrop}})
-    specs = view_specs(cfg, 32)
+    plan = ViewPlan(augment=augment, multicrop=multicrop)
+    specs = plan.specs(32)
     assert specs == [
         ViewSpec(32, (0.2, 1.0)),
         ViewSpec(32, (0.2, 1.0)),
         ViewSpec(24, (0.14, 1.0)),
         ViewSpec(16, (0.05, 0.4)),
     ]
-    photometric = build_views(cfg, 32, (0.5,) * 3, (0.5,) * 3, crop=False)
+    photometric = plan.transform(32, (0.5,) * 3, (0.5,) * 3, crop=False)
     views = [torch.zeros(2, 3, s.size, s.size, dtype=torch.uint8) for s in specs]
     assert [tuple(a(v).shape[-2:]) for a, v in zip(photometric.views, views, strict=True)] == [
         (s.size, s.size) for s in specs
     ]
-    plain = OmegaConf.create({"data": {"augment": augment, "multicrop": None}})
-    assert view_specs(plain, 32) == [ViewSpec(32, (0.2, 1.0))] * 2
+    assert ViewPlan(augment=augment).specs(32) == [ViewSpec(32, (0.2, 1.0))] * 2

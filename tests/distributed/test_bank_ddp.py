@@ -53,13 +53,13 @@ def _run_method(rank: int, steps: list[list[torch.Tensor]], rows: slice) -> dict
     out: dict = {"losses": [], "banks": []}
     for views in steps:
         optimizer.zero_grad()
-        loss, _, _ = model.contrastive_step([v[rows] for v in views])
+        loss, _, _ = model.ssl_step([v[rows] for v in views])
         loss.backward()
         for p in model.parameters():  # what DDP does: average the gradients of the ranks
             if p.grad is not None:
                 p.grad = distributed.all_reduce_mean(p.grad)
         optimizer.step()
-        model.after_optimizer_step()
+        model.after_batch()
         out["losses"].append(loss.detach())
         out["banks"].append(model.bank.weight.clone())
     out["key_encoder"] = [p.detach().clone() for p in model.key_encoder.parameters()]
@@ -113,8 +113,8 @@ def test_local_index_labels_would_be_caught():
     with torch.no_grad():
         keys = F.normalize(model.key_encoder(images[1]), dim=1)  # (B_g, D)
         q = F.normalize(model.projector(model.backbone(images[0])), dim=1)  # (B_g, D)
-        logits = q @ keys.T / model.temperature  # empty bank: only the keys
+        logits = q @ keys.T / model.negatives.temperature  # empty bank: only the keys
         right = F.cross_entropy(logits, torch.arange(WORLD * B))
         wrong = (F.cross_entropy(logits[:B], torch.arange(B)) + F.cross_entropy(logits[B:], torch.arange(B))) / 2
-        whole = model.contrastive_step(images)[0]
+        whole = model.ssl_step(images)[0]
     assert torch.allclose(whole, right, atol=1e-6) and not torch.allclose(right, wrong, atol=1e-3)

@@ -208,3 +208,36 @@ def test_a_bad_launch_is_one_line_and_exit_2_not_a_hang(root: Path, env: dict, a
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: launch: ") and message in lines[0], proc.stderr
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_sigterm_to_rank_0_mid_epoch_stops_both_ranks_at_one_step_then_resume_exactly(
+    root: Path, reference: tuple[dict, dict]
+) -> None:
+    """A preemption (Kubernetes signals the container's first process: rank 0, which Lightning started rank 1
+    from): both ranks stop at the same step boundary, rank 0 writes hpc_ckpt_1.ckpt, the run exits 143;
+    the same command then ends with the uninterrupted run's tensors."""
+    run_dir = root / "sigterm"
+    cmd = train_cmd(*COMMAND, *ONE_NODE, f"run_dir={run_dir}")
+    proc = start(cmd, clean_env(), root / "sigterm-1.log")
+    wait_for(proc, lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
+    proc.send_signal(signal.SIGTERM)  # rank 0 only: rank 1 learns it at the next batch end
+    proc.wait(timeout=120)
+    log = (root / "sigterm-1.log").read_text(errors="replace")
+    assert proc.returncode == 128 + signal.SIGTERM, log[-3000:]
+    deadline = time.monotonic() + 60
+    while True:  # rank 1 ends too (it exits 0: rank 0's status is the job's)
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        assert time.monotonic() < deadline, "rank 1 did not end"
+        time.sleep(0.1)
+    hpc = run_dir / "hpc_ckpt_1.ckpt"
+    step = load_checkpoint(hpc)["global_step"]
+    assert 2 < step < 2 * STEPS_PER_EPOCH
+    assert f"stopped: SIGTERM at step {step}: {hpc} holds the state" in log
+    assert resume_candidates(run_dir)[0] == hpc and not (run_dir / "summary.json").exists()
+    finish(start(cmd, clean_env(), root / "sigterm-2.log"), root / "sigterm-2.log")
+    assert str(hpc) in (root / "sigterm-2.log").read_text()
+    assert_same_training(reference, final_state(run_dir))

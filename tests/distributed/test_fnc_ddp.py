@@ -51,7 +51,7 @@ def _problem() -> dict:
 
 
 def _run(encoder: nn.Module, model: SimCLR, x1, x2, support) -> torch.Tensor:
-    model.support_embeddings = lambda encode: encoder(support).detach()  # (B, S, D_out): extra support views
+    model.negatives.support_embeddings = lambda encode: encoder(support).detach()  # (B, S, D_out): extra support views
     return model.selected_loss(encoder(x1), encoder(x2))
 
 
@@ -63,7 +63,7 @@ def _rank_worker(rank: int, world_size: int, problem: dict) -> dict:
         encoder.load_state_dict(problem["state"])
         ddp = nn.parallel.DistributedDataParallel(encoder)
         model = _model(options)
-        model.support_embeddings = lambda encode, m=encoder: m(problem["support"][rows]).detach()
+        model.negatives.support_embeddings = lambda encode, m=encoder: m(problem["support"][rows]).detach()
         z = ddp(torch.cat([problem["x1"][rows], problem["x2"][rows]]))  # one forward per step
         loss = model.selected_loss(z[:B], z[B:])
         loss.backward()  # DDP averages the gradients over the ranks

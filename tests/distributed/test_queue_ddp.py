@@ -53,9 +53,9 @@ def _on_rank(rank: int, world_size: int) -> dict:
     views = [
         torch.randn(8, 3, 6, 6, generator=torch.Generator().manual_seed(s))[rank * 4 : (rank + 1) * 4] for s in (3, 4)
     ]
-    model.contrastive_step(views)
+    model.ssl_step(views)
     out["keys"] = model._pending_keys.clone()
-    model.after_optimizer_step()
+    model.after_batch()
     out.update(moco_queue=model.queue.queue, moco_ptr=model.queue.ptr)
     return out
 

@@ -51,7 +51,7 @@ def test_ddp_strategy_on_cpu_uses_gloo_and_scales_the_global_batch(tmp_path: Pat
     assert trainer.strategy._process_group_backend == "gloo"
     assert trainer.strategy._ddp_kwargs.get("find_unused_parameters") is False
     assert trainer.num_devices == 2 and trainer.num_nodes == 3 and trainer.world_size == 6
-    # lr * batch * world * accumulate / 256, as used by ContrastiveMethod.configure_optimizers
+    # lr * batch * world * accumulate / 256, as used by Method.configure_optimizers
     assert global_batch(trainer, 32) == 32 * 6 * 4
     assert OptimSettings(lr=0.3).peak_lr(global_batch(trainer, 32)) == pytest.approx(0.3 * 32 * 6 * 4 / 256)
     assert OptimSettings(lr=0.3, scale_lr=False).peak_lr(global_batch(trainer, 32)) == 0.3

@@ -13,15 +13,14 @@ import pytorch_lightning as pl
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
 
 from cssl.core.errors import ConfigError
+from cssl.data.plan import ViewPlan
 from cssl.methods import METHODS
 from cssl.methods.adco import AdCo
 from cssl.methods.simclr import SimCLR
 from cssl.models.optim import OptimSettings
-from cssl.pretrain import build_views
 from tests.conftest import REPO, cli_env, load_checkpoint, run_cli
 from tests.methods.adco_helpers import MEM_LR, MEM_M, MEM_T, MEM_WD, MOCO_T, WIDTH, B, tiny_adco, tiny_net
 
@@ -58,14 +57,14 @@ def test_network_loss_and_bank_step_match_explicit_formulas():
     model = tiny_adco()
     views = [_images(B, 8, 1), _images(B, 8, 2)]
     expected_loss, expected_w = _explicit_step(model, views, [(0, 1, 1.0)])
-    loss, feats, logs = model.contrastive_step(views)
+    loss, feats, logs = model.ssl_step(views)
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
     assert feats.shape == (B, WIDTH) and "train/mem_loss" in logs
     key_before = [p.clone() for p in model.key_encoder.parameters()]
     with torch.no_grad():
         for p in model.backbone.parameters():
             p.add_(0.01)  # stands for the optimiser step: the EMA must follow it
-    model.after_optimizer_step()
+    model.after_batch()
     assert torch.allclose(model.bank.weight, expected_w, atol=1e-5)
     online = list(nn.Sequential(model.backbone, model.projector).parameters())
     for k0, k1, q in zip(key_before, model.key_encoder.parameters(), online, strict=True):
@@ -77,17 +76,17 @@ def test_symmetric_and_multicrop_weights():
     views = [_images(B, 8, 1), _images(B, 8, 2), _images(B, 6, 3), _images(B, 6, 4), _images(B, 4, 5)]
     pairs = [(0, 1, 0.5), (1, 0, 0.5), (2, 1, 1.0), (3, 1, 1.0), (4, 1, 1.0)]
     expected_loss, expected_w = _explicit_step(model, views, pairs)
-    loss, feats, _ = model.contrastive_step(views)
+    loss, feats, _ = model.ssl_step(views)
     assert loss.item() == pytest.approx(expected_loss.item(), abs=1e-5)
-    model.after_optimizer_step()
+    model.after_batch()
     assert torch.allclose(model.bank.weight, expected_w, atol=1e-5)
 
 
 def test_any_estimator_runs_on_the_adversarial_pool():
     views = [_images(B, 8, 1), _images(B, 8, 2)]
-    plain = tiny_adco().contrastive_step(views)[0]
-    dcl_zero = tiny_adco(estimator="dcl", tau_plus=0.0).contrastive_step(views)[0]
-    hcl = tiny_adco(estimator="hcl", tau_plus=0.1, beta=1.0).contrastive_step(views)[0]
+    plain = tiny_adco().ssl_step(views)[0]
+    dcl_zero = tiny_adco(estimator="dcl", tau_plus=0.0).ssl_step(views)[0]
+    hcl = tiny_adco(estimator="hcl", tau_plus=0.1, beta=1.0).ssl_step(views)[0]
     assert dcl_zero.item() == pytest.approx(plain.item(), abs=1e-6)  # tau_plus 0 is InfoNCE
     assert torch.isfinite(hcl) and hcl.item() != pytest.approx(plain.item(), abs=1e-4)
 
@@ -96,8 +95,8 @@ def test_simclr_ignores_extra_views():
     torch.manual_seed(0)
     model = SimCLR(tiny_net(), num_classes=3, batch_size=B, optim=OptimSettings(), proj_hidden_dim=10)
     views = [_images(B, 8, 1), _images(B, 8, 2)]
-    two = model.contrastive_step(views)[0]
-    more = model.contrastive_step([*views, _images(B, 6, 3), _images(B, 4, 4)])[0]
+    two = model.ssl_step(views)[0]
+    more = model.ssl_step([*views, _images(B, 6, 3), _images(B, 4, 4)])[0]
     assert torch.equal(two, more)
 
 
@@ -157,15 +156,15 @@ def test_bad_values_raise_config_errors():
             tiny_adco(**kwargs)
 
 
-def _cfg(multicrop) -> OmegaConf:
+def _plan(multicrop) -> ViewPlan:
     augment = {"crop_scale": [0.2, 1.0], "hflip": False, "jitter_strength": 0.5, "blur_p": 0.0}
-    return OmegaConf.create({"data": {"augment": augment, "multicrop": multicrop}})
+    return ViewPlan(augment=augment, multicrop=multicrop)
 
 
 def test_build_views_adds_the_multicrop_views_after_the_two_main_ones():
     x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
-    assert len(build_views(_cfg(None), 32, (0.5,) * 3, (0.5,) * 3)(x)) == 2
-    views = build_views(_cfg({"sizes": [24, 16], "scales": [[0.14, 1.0], [0.05, 0.4]]}), 32, (0.5,) * 3, (0.5,) * 3)
+    assert len(_plan(None).transform(32, (0.5,) * 3, (0.5,) * 3)(x)) == 2
+    views = _plan({"sizes": [24, 16], "scales": [[0.14, 1.0], [0.05, 0.4]]}).transform(32, (0.5,) * 3, (0.5,) * 3)
     out = views(x)
     assert [v.shape for v in out] == [(3, 3, 32, 32), (3, 3, 32, 32), (3, 3, 24, 24), (3, 3, 16, 16)]
     assert "scale=(0.05, 0.4)" in repr(views.views[3].ops[0])  # its own crop range
@@ -183,7 +182,7 @@ def test_build_views_adds_the_multicrop_views_after_the_two_main_ones():
 )
 def test_bad_multicrop(multicrop, match):
     with pytest.raises(ConfigError, match=match) as err:
-        build_views(_cfg(multicrop), 32, (0.5,) * 3, (0.5,) * 3)
+        _plan(multicrop).transform(32, (0.5,) * 3, (0.5,) * 3)
     assert "\n" not in str(err.value)
 
 

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from cssl.contrastive.bootstrap import byol_loss, regression_cosine
 from cssl.contrastive.momentum import MomentumEncoder
 from cssl.core.errors import ConfigError
-from cssl.methods import METHODS
+from cssl.methods import METHODS, ContrastiveMethod
 from cssl.methods.byol import BYOL, projection_std
 from cssl.models.optim import OptimSettings
 from cssl.report import build_report, load_local
@@ -63,8 +63,8 @@ def views(seed: int = 1) -> list[torch.Tensor]:
 
 
 def test_registered_without_negatives():
-    assert METHODS["byol"] is BYOL and not BYOL.uses_negatives
-    assert all(cls.uses_negatives for name, cls in METHODS.items() if name != "byol")
+    assert METHODS["byol"] is BYOL and not issubclass(BYOL, ContrastiveMethod)
+    assert all(issubclass(cls, ContrastiveMethod) for name, cls in METHODS.items() if name != "byol")
 
 
 # -- NEGATIVES.md 3.4 ---------------------------------------------------------------------------------------
@@ -112,7 +112,7 @@ def test_b3_tau_schedule_and_one_ema_step():
 def test_step_matches_a_float64_formulation_and_only_the_online_network_gets_gradient():
     model = make(key_bn="none")
     v = views()
-    loss, feats, logs = model.contrastive_step(v)
+    loss, feats, logs = model.ssl_step(v)
     assert feats.shape == (B, 8) and loss.dtype == torch.float32
     # at the start the target is a copy of the online network (BN in train mode: the same batch statistics)
     with torch.no_grad():
@@ -140,15 +140,15 @@ def test_target_is_the_ema_of_backbone_and_projector_once_per_optimiser_step():
     assert len(before) == len(online)  # parameters only: no predictor in the target
     buffers = [b.clone() for b in model.key_encoder.buffers()]
 
-    model.after_optimizer_step()  # global step 0: no optimiser step yet, nothing moves
+    model.after_batch(stepped=False)  # a micro-batch before the first optimiser step: nothing moves
     assert all(torch.equal(a, k) for a, k in zip(before, model.key_encoder.parameters(), strict=True))
     model._trainer.global_step = 4  # optimiser step 3 has just been taken
-    model.after_optimizer_step()
+    model.after_batch()
     tau = 1 - 0.1 * (math.cos(math.pi * 3 / 10) + 1) / 2
     for a, k, q in zip(before, model.key_encoder.parameters(), online, strict=True):
         assert torch.allclose(k, tau * a + (1 - tau) * q.detach(), atol=1e-6)
     after = [k.detach().clone() for k in model.key_encoder.parameters()]
-    model.after_optimizer_step()  # a later micro-batch of the same step (gradient accumulation)
+    model.after_batch(stepped=False)  # a later micro-batch of the same step (gradient accumulation)
     assert all(torch.equal(a, k) for a, k in zip(after, model.key_encoder.parameters(), strict=True))
     assert all(torch.equal(a, b) for a, b in zip(buffers, model.key_encoder.buffers(), strict=True))  # no EMA
     model._trainer = None

@@ -56,12 +56,12 @@ def test_methods_vector_loss_and_per_query():
     q, k = torch.tensor([[1.0, 2], [2, -1]]), torch.tensor([[1.0, 1], [1, -1]])  # normalised inside
     pos, neg = model.query_logits(q, k)
     assert neg.shape == (2, 4)
-    assert model.contrastive_loss(pos, neg).item() == pytest.approx(0.769728, abs=1e-6)
+    assert model.negatives.loss(pos, neg).item() == pytest.approx(0.769728, abs=1e-6)
     assert info_nce_per_anchor(pos, neg, 0.2).tolist() == pytest.approx([0.612885, 0.926572], abs=1e-6)
 
     second = make(queue_size=5, proj_output_dim=2)
     second.queue.queue.copy_(torch.tensor([[1.0, 0], [0, 1], [-1, 0], [0.8, -0.6], [0.28, 0.96]]))
-    assert second.contrastive_loss(*second.query_logits(q, k)).item() == pytest.approx(1.098535, abs=1e-6)
+    assert second.negatives.loss(*second.query_logits(q, k)).item() == pytest.approx(1.098535, abs=1e-6)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -74,12 +74,12 @@ def test_every_estimator_with_the_queue(estimator):
     model = make(temperature=0.3, **est)
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(B, 4, generator=g), torch.randn(B, 4, generator=g)
-    loss = model.contrastive_loss(*model.query_logits(q, k))
+    loss = model.negatives.loss(*model.query_logits(q, k))
     assert loss.item() == pytest.approx(reference(q, k, model.queue.queue, 0.3, **est), abs=1e-5)
 
     mochi = make(MoChi, temperature=0.3, n_hard=5, s=4, s_prime=3, mochi_warmup_epochs=0, **est)
     torch.manual_seed(7)
-    loss = mochi.contrastive_loss(*mochi.query_logits(q, k))
+    loss = mochi.negatives.loss(*mochi.query_logits(q, k))
     torch.manual_seed(7)
     synthetic = mochi_negatives(q, mochi.queue.queue, n_hard=5, s=4, s_prime=3)  # (B, 7, D)
     negatives = torch.cat([mochi.queue.queue.expand(B, -1, -1), synthetic], dim=1)  # (B, K + 7, D)
@@ -98,7 +98,7 @@ def test_step_order_ema_then_keys_then_loss_then_enqueue():
     queue_before = model.queue.queue.clone()
     v = views()
 
-    loss, feats, logs = model.contrastive_step(v)
+    loss, feats, logs = model.ssl_step(v)
 
     online = list(model.backbone.parameters()) + list(model.projector.parameters())
     for k0, k1, q in zip(key_before, model.key_encoder.encoder.parameters(), online, strict=True):
@@ -110,10 +110,10 @@ def test_step_order_ema_then_keys_then_loss_then_enqueue():
     assert loss.item() == pytest.approx(reference(q, keys, queue_before, 0.2), abs=1e-5)
     assert feats.shape == (B, 8) and "neg/queue_age_mean" in logs
 
-    model.after_optimizer_step()
+    model.after_batch()
     assert torch.allclose(model.queue.queue[:B], keys) and torch.equal(model.queue.queue[B:], queue_before[B:])
     assert model.queue.ptr.item() == B
-    model.after_optimizer_step()  # nothing pending: no second enqueue
+    model.after_batch()  # nothing pending: no second enqueue
     assert model.queue.ptr.item() == B
 
 
@@ -131,12 +131,12 @@ def test_ema_steps_once_per_optimiser_step_with_its_schedule():
         )
 
     start = gap()
-    assert model.momentum_update() == pytest.approx(1 - 0.1 * (math.cos(math.pi / 2) + 1) / 2)  # 0.95
+    assert model.step_momentum_pairs() == pytest.approx(1 - 0.1 * (math.cos(math.pi / 2) + 1) / 2)  # 0.95
     assert gap() == pytest.approx(0.95 * start, rel=1e-4)
-    model.momentum_update()  # a second micro-batch of the same optimiser step (gradient accumulation)
+    model.step_momentum_pairs()  # a second micro-batch of the same optimiser step (gradient accumulation)
     assert gap() == pytest.approx(0.95 * start, rel=1e-4)
     model._trainer.global_step = 6
-    m6 = model.momentum_update()
+    m6 = model.step_momentum_pairs()
     assert m6 == pytest.approx(1 - 0.1 * (math.cos(0.6 * math.pi) + 1) / 2)
     assert gap() == pytest.approx(0.95 * m6 * start, rel=1e-4)
     model._trainer = None
@@ -146,9 +146,9 @@ def test_momentum_schedule_ends_at_momentum_end():
     # solo-learn's MoCo v2+: tau rises from 0.99 to 0.999 over the run (solo/utils/momentum.py:84-87)
     model = make(momentum=0.99, momentum_schedule="cosine", momentum_end=0.999)
     model._trainer = SimpleNamespace(estimated_stepping_batches=10, global_step=5)
-    assert model.momentum_update() == pytest.approx(0.999 - 0.009 * (math.cos(math.pi / 2) + 1) / 2)  # 0.9945
+    assert model.step_momentum_pairs() == pytest.approx(0.999 - 0.009 * (math.cos(math.pi / 2) + 1) / 2)  # 0.9945
     model._trainer.global_step = 10
-    assert model.momentum_update() == pytest.approx(0.999)
+    assert model.step_momentum_pairs() == pytest.approx(0.999)
     model._trainer = None
 
 
@@ -189,19 +189,19 @@ def test_symmetric_averages_both_directions_and_enqueues_both_key_sets():
     model = make(symmetric=True)
     queue_before = model.queue.queue.clone()
     v = views()
-    loss, _, _ = model.contrastive_step(v)
+    loss, _, _ = model.ssl_step(v)
     q1, q2 = (model.projector(model.backbone(x)) for x in v)
     k1, k2 = (F.normalize(model.key_encoder(x), dim=1) for x in v)
     expected = (reference(q1, k2, queue_before, 0.2) + reference(q2, k1, queue_before, 0.2)) / 2
     assert loss.item() == pytest.approx(expected, abs=1e-5)
-    model.after_optimizer_step()
+    model.after_batch()
     assert torch.allclose(model.queue.queue[: 2 * B], torch.cat([k2, k1]))
     assert model.queue.ptr.item() == 2 * B
 
 
 def test_gradient_reaches_the_online_encoder_only():
     model = make()
-    loss, _, _ = model.contrastive_step(views())
+    loss, _, _ = model.ssl_step(views())
     loss.backward()
     assert all(p.grad is not None for p in model.backbone.parameters())
     assert all(p.grad is None for p in model.key_encoder.parameters())
@@ -255,7 +255,7 @@ def test_mochi_with_nothing_to_mix_equals_moco():
     moco, mochi = make(), make(MoChi, n_hard=5, s=0, s_prime=0, mochi_warmup_epochs=0)
     for (name, a), (_, b) in zip(moco.state_dict().items(), mochi.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
-    assert moco.contrastive_step(views())[0].item() == mochi.contrastive_step(views())[0].item()
+    assert moco.ssl_step(views())[0].item() == mochi.ssl_step(views())[0].item()
 
 
 def test_mochi_mixes_after_its_warmup_only():
@@ -264,10 +264,10 @@ def test_mochi_mixes_after_its_warmup_only():
     mixing = make(MoChi, n_hard=5, s=4, s_prime=2, mochi_warmup_epochs=0)
     q, k = torch.randn(B, 4), torch.randn(B, 4)
     assert waiting.query_logits(q, k)[1].shape == (B, 20) and mixing.query_logits(q, k)[1].shape == (B, 26)
-    assert moco.contrastive_step(views())[0].item() == waiting.contrastive_step(views())[0].item()
-    loss = mixing.contrastive_step(views())[0]
-    assert loss.item() != moco.contrastive_step(views())[0].item()
-    mixing.after_optimizer_step()
+    assert moco.ssl_step(views())[0].item() == waiting.ssl_step(views())[0].item()
+    loss = mixing.ssl_step(views())[0]
+    assert loss.item() != moco.ssl_step(views())[0].item()
+    mixing.after_batch()
     assert mixing.queue.ptr.item() == B  # only the B keys, never the synthetic negatives
 
 
@@ -299,8 +299,8 @@ def test_bad_configuration(cls, kwargs, key):
 
 def test_queue_is_part_of_the_state_dict():
     model = make()
-    model.contrastive_step(views())
-    model.after_optimizer_step()
+    model.ssl_step(views())
+    model.after_batch()
     state = model.state_dict()
     assert torch.equal(state["queue.queue"], model.queue.queue) and state["queue.ptr"].item() == B
     fresh = make(queue_size=20)

@@ -16,15 +16,15 @@ from omegaconf import OmegaConf
 from cssl import report
 from cssl.contrastive import info_nce, nt_xent
 from cssl.contrastive.adversarial import bank_loss_and_gradient
-from cssl.contrastive.negatives import detect_false_negatives
+from cssl.contrastive.selection import detect_false_negatives
 from cssl.core.errors import ConfigError
 from cssl.methods import method_class
 from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 from cssl.models.optim import OptimSettings
-from cssl.pretrain import build_views
+from cssl.pretrain import pretrain_views
 from tests.conftest import QUICK, REPO, StandIn, compose, run_cli, run_inprocess
-from tests.contrastive.test_negatives import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit
+from tests.contrastive.test_selection import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit
 from tests.methods.adco_helpers import B, tiny_adco
 
 
@@ -61,7 +61,7 @@ def halfway(model, step: int = 25, total: int = 100) -> None:
 def test_simclr_in_batch_pool_gives_the_spec_values(options, support, expected):
     model = simclr(**options)
     if support:  # the spec's support views stand in for the encoder's embeddings of extra views
-        model.support_embeddings = lambda encode: torch.tensor(SUP, dtype=torch.float64)
+        model.negatives.support_embeddings = lambda encode: torch.tensor(SUP, dtype=torch.float64)
     z1 = torch.tensor(Z1, dtype=torch.float64, requires_grad=True)
     z2 = torch.tensor(Z2, dtype=torch.float64, requires_grad=True)
     if expected == 0.0 and "ring_outer" in options:
@@ -135,19 +135,19 @@ def test_moco_queue_gives_the_spec_values(options, expected):
     k = unit(KEYS)
     support = torch.cat([k[:, None], torch.tensor(SUPK, dtype=torch.float64)], 1)  # [k_i] + momentum support
     pos, neg, mask, extra_pos = model.query_negatives(torch.tensor(Q, dtype=torch.float64), k, support)
-    assert model.contrastive_loss(pos, neg, mask, extra_pos).item() == pytest.approx(expected, abs=1e-6)
+    assert model.negatives.loss(pos, neg, mask, extra_pos).item() == pytest.approx(expected, abs=1e-6)
 
 
 def test_moco_support_set_is_the_momentum_keys_and_support_views():
     model = moco(fnc="eliminate", fnc_support_views=1, symmetric=True)
     g = torch.Generator().manual_seed(0)
     views = [torch.randn(2, 3, 5, 5, generator=g) for _ in range(2)]
-    model._support_views = [torch.randn(2, 3, 5, 5, generator=g)]
+    support = [torch.randn(2, 3, 5, 5, generator=g)]
     seen = {}
     select = model.negatives.select
     model.negatives.select = lambda sim, mask, **kw: seen.setdefault("calls", []).append(kw) or select(sim, mask, **kw)
-    model.contrastive_step(views)
-    keys = [model.keys(v) for v in (views[1], views[0], model._support_views[0])]
+    model.ssl_step(views, support)
+    keys = [model.keys(v) for v in (views[1], views[0], support[0])]
     assert len(seen["calls"]) == 2  # both directions of the symmetric loss, one support set
     for call in seen["calls"]:
         torch.testing.assert_close(call["support"], torch.stack(keys, 1))
@@ -169,19 +169,19 @@ def test_mochi_mixes_only_the_negatives_that_survive():
 
 def test_curriculum_drives_every_knob():
     mochi = moco(MoChi, curriculum="linear", estimator="hcl", beta=1.0, ring_outer=0.1, s=8, s_prime=4, n_hard=4)
-    assert (mochi.current_hardness(), mochi.current_beta(), mochi.current_ring_outer(), mochi.current_mixes()) == (
+    assert (mochi.negatives.hardness(), mochi.negatives.beta(), mochi.negatives.ring_outer(), mochi.current_mixes()) == (
         0.0, 0.0, 1.0, (0, 0))  # fmt: skip
     halfway(mochi, 25)  # p = 0.25, h = 0.5
-    assert mochi.current_hardness() == 0.5 and mochi.current_beta() == 0.5
-    assert mochi.current_ring_outer() == pytest.approx(0.55) and mochi.current_mixes() == (4, 2)
+    assert mochi.negatives.hardness() == 0.5 and mochi.negatives.beta() == 0.5
+    assert mochi.negatives.ring_outer() == pytest.approx(0.55) and mochi.current_mixes() == (4, 2)
     halfway(mochi, 80)
-    assert (mochi.current_beta(), mochi.current_ring_outer(), mochi.current_mixes()) == (1.0, 0.1, (8, 4))
+    assert (mochi.negatives.beta(), mochi.negatives.ring_outer(), mochi.current_mixes()) == (1.0, 0.1, (8, 4))
     root = simclr(curriculum="sqrt", curriculum_end=1.0, ring_outer=0.5)
     halfway(root, 25)
-    assert root.current_hardness() == pytest.approx(0.5) and root.current_ring_outer() == pytest.approx(0.75)
+    assert root.negatives.hardness() == pytest.approx(0.5) and root.negatives.ring_outer() == pytest.approx(0.75)
     plain = simclr(estimator="hcl", beta=1.0, ring_outer=0.3)
     halfway(plain, 1)
-    assert plain.current_beta() == 1.0 and plain.current_ring_outer() == 0.3  # no curriculum: configured values
+    assert plain.negatives.beta() == 1.0 and plain.negatives.ring_outer() == 0.3  # no curriculum: configured values
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_adco_eliminates_from_the_loss_and_from_the_bank_ascent():
         return out
 
     model.negatives.select = spy
-    loss, _, _ = model.contrastive_step(views)
+    loss, _, _ = model.ssl_step(views)
     k = model.keys(views[1])  # (B, D)
     candidates = torch.cat([k, model.bank.directions().T])  # (B + K, D)
     torch.testing.assert_close(seen["candidates"], candidates)
@@ -259,11 +259,13 @@ def test_config_defaults_are_the_official_values():
 
 def test_support_views_come_last_from_the_data_pipeline():
     on = ["method.fnc=eliminate", "method.fnc_support_views=3", "data.multicrop={sizes:[16],scales:[[0.1,0.5]]}"]
-    views = build_views(compose("train", on), 32, (0.5,) * 3, (0.5,) * 3)
+    views = pretrain_views(compose("train", on)).transform(32, (0.5,) * 3, (0.5,) * 3)
     assert [v.size if hasattr(v, "size") else None for v in views.views] and len(views.views) == 2 + 1 + 3
     out = views(torch.rand(2, 3, 40, 40))
     assert [v.shape[-1] for v in out] == [32, 32, 16, 32, 32, 32]
-    off = build_views(compose("train", ["method.fnc=none", "method.fnc_support_views=3"]), 32, (0.5,) * 3, (0.5,) * 3)
+    off = pretrain_views(compose("train", ["method.fnc=none", "method.fnc_support_views=3"])).transform(
+        32, (0.5,) * 3, (0.5,) * 3
+    )
     assert len(off.views) == 2
 
 

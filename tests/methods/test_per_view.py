@@ -50,7 +50,7 @@ def test_simclr_loss_from_per_view_projections():
     views = _views()
     model = _model("hcl", per_view=True, estimator="hcl", temperature=0.5, tau_plus=0.1, beta=1.0)
     reference = copy.deepcopy(model)
-    loss, feats, _ = model.contrastive_step(views)
+    loss, feats, _ = model.ssl_step(views)
     z1 = reference.projector(reference.backbone(views[0]))  # (B, D)
     z2 = reference.projector(reference.backbone(views[1]))  # (B, D)
     expected = nt_xent(z1, z2, 0.5, estimator="hcl", tau_plus=0.1, beta=1.0)
@@ -64,7 +64,7 @@ def test_adco_symmetric_and_multicrop_query_passes(per_view):
     model = _model("adco", per_view=per_view, symmetric=True)
     model.backbone.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
     views = [*_views(2), torch.randn(4, 3, 6, 6), torch.randn(4, 3, 6, 6)]
-    model.contrastive_step(views)
+    model.ssl_step(views)
     # query passes of the online backbone (the key encoder is a copy, not hooked)
     assert sizes == ([4, 4, 4, 4] if per_view else [8, 8])
 

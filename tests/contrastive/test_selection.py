@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from cssl.contrastive import info_nce, info_nce_per_anchor
-from cssl.contrastive.negatives import (
+from cssl.contrastive.selection import (
     NegativeSelector,
     detect_false_negatives,
     ease,
