@@ -1,3 +1,11 @@
+"""Shared test helpers: the quick config overrides, running an entry point (as a subprocess or in this process),
+checkpoints, and tiny backbones for method tests.
+
+Two tiers: ``python -m pytest -q -m "not slow"`` is the working loop; ``python -m pytest -q`` runs everything,
+including the tests marked ``slow`` (learning guards, two-process DDP runs, interrupted and resumed runs,
+command-line training runs).
+"""
+
 import os
 import subprocess
 import sys

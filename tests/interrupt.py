@@ -51,12 +51,17 @@ def kill_group(proc: subprocess.Popen) -> None:
     proc.wait(timeout=30)
 
 
-def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+def wait_or_kill(proc: subprocess.Popen, timeout: float) -> int:
+    """The exit status of ``proc``; past ``timeout`` its whole process group is killed and the test fails."""
     try:
-        proc.wait(timeout=timeout)
+        return proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
         raise
+
+
+def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
+    wait_or_kill(proc, timeout)
     text = log.read_text(errors="replace")
     assert proc.returncode == 0, text[-3000:]
     return text

@@ -103,7 +103,22 @@ def run_three_steps(name: str, tmp_path: Path) -> dict:
     return {"tensors": tensors, "metrics": metrics, "global_step": summary["global_step"]}
 
 
-@pytest.mark.parametrize("name", list(CASES))
+#: The cases of the quick tier (-m "not slow"): every registered method once, each with the parts it composes
+#: (HCL with FNC, ring and curriculum on SimCLR; MoCo with attraction and the ring; MoChi with the curriculum;
+#: AdCo with elimination); the plain cases run in the full suite.
+QUICK_CASES = (
+    "dcl",
+    "byol",
+    "simclr_fnc_ring_curriculum",
+    "moco_fnc_attract_ring",
+    "mochi_curriculum",
+    "adco_fnc_eliminate",
+)
+
+
+@pytest.mark.parametrize(
+    "name", [name if name in QUICK_CASES else pytest.param(name, marks=pytest.mark.slow) for name in CASES]
+)
 def test_three_steps_equal_the_snapshot(name: str, tmp_path: Path) -> None:
     got = run_three_steps(name, tmp_path)
     if os.environ.get("CSSL_RECORD_SNAPSHOT") == "1":

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
+import pytest
+
 from tests.conftest import REPO
 
 
@@ -49,8 +51,9 @@ def test_loader_bench_quick(capsys):
     assert float(rows["cut from the original"][0]) >= 0.25 and float(rows["from the old square"][0]) == 0
 
 
+@pytest.mark.slow
 def test_guards_bench_quick(capsys, tmp_path):
-    out = run_quick("guards", capsys, "--methods", "simclr", "--root", str(tmp_path))
+    out = run_quick("guard_gains", capsys, "--methods", "simclr", "--root", str(tmp_path))
     (row,) = [line.split() for line in out.splitlines() if line.startswith("simclr   ")][:1]
     assert row[1] == "0" and 0 <= float(row[2]) <= 1 and 0 <= float(row[3]) <= 1
     assert "margin in use" in out

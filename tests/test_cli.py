@@ -19,6 +19,7 @@ from tests.conftest import (
 )
 
 
+@pytest.mark.slow
 def test_pretrain_then_linear_and_knn_eval(tmp_path):
     run = tmp_path / "run"
     proc = run_cli("train.py", *QUICK, "logger=csv", "trainer.max_steps=4", f"run_dir={run}")
@@ -65,6 +66,7 @@ def test_pretrain_then_linear_and_knn_eval(tmp_path):
     assert result["mode"] == "knn" and 0.3 < result["top1"] <= result["top5"] <= 1  # digits: far above chance
 
 
+@pytest.mark.slow
 def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     common = (
         *QUICK,
@@ -91,6 +93,7 @@ def test_resume_gives_the_same_weights_as_an_uninterrupted_run(tmp_path):
     assert not torch.equal(mid["state_dict"][first], a["state_dict"][first])
 
 
+@pytest.mark.slow
 def test_wandb_logs_offline_without_an_api_key(tmp_path):
     run = tmp_path / "run"
     proc = run_cli(
@@ -108,6 +111,7 @@ def test_wandb_logs_offline_without_an_api_key(tmp_path):
     assert json.loads((run / "summary.json").read_text())["method"] == "hcl"
 
 
+@pytest.mark.slow
 def test_a_wandb_failure_does_not_stop_training(tmp_path):
     # online mode with no API key and no network: W&B cannot start; training must finish anyway
     run = tmp_path / "run"

@@ -5,6 +5,8 @@ import logging
 import warnings
 from pathlib import Path
 
+import pytest
+
 from cssl.runtime import console
 from tests.conftest import QUICK, REPO, cli_env, run_cli
 
@@ -33,6 +35,7 @@ def _noise(out: str) -> list[str]:
     return [word for word in NOISE if word in out]
 
 
+@pytest.mark.slow
 def test_a_run_ends_with_a_few_lines_and_no_noise(tmp_path):
     run = tmp_path / "run"
     args = [a for a in QUICK if not a.startswith("logger=")]

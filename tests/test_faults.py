@@ -22,7 +22,7 @@ from cssl.core import storage
 from cssl.core.errors import ConfigError
 from cssl.runtime import faults, preempt, run
 from cssl.runtime.checkpoint import SpaceCheck, atomic_save, kept_checkpoints, read_checkpoint
-from tests.conftest import QUICK, fill, run_inprocess
+from tests.conftest import QUICK, fill, run_inprocess, train_inprocess
 
 MiB = 2**20
 
@@ -335,6 +335,7 @@ def test_other_failures_pass_through_unchanged() -> None:
             raise OSError(errno.EDQUOT, "Disk quota exceeded", "/x/metrics.csv")
 
 
+@pytest.mark.slow
 def test_a_summary_that_does_not_fit_then_resume_writes_it(small_disk, monkeypatch) -> None:
     disk = small_disk("16m")
     run_dir = disk / "run"
@@ -358,8 +359,7 @@ def test_a_summary_that_does_not_fit_then_resume_writes_it(small_disk, monkeypat
 
     monkeypatch.setattr(run, "write_summary", write_summary)
     ballast[0].unlink()
-    code, err = run_inprocess("train", overrides)
-    assert code == 0, err
+    train_inprocess(*overrides)
     assert json.loads((run_dir / "summary.json").read_text())["global_step"] == 2
 
 

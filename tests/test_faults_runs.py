@@ -14,7 +14,6 @@ SimCLR on one process, two epochs of 5 steps, step checkpoints every 2 steps, ke
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -23,8 +22,8 @@ from pathlib import Path
 import pytest
 
 from cssl.runtime.checkpoint import read_checkpoint, resume_candidates
-from tests.conftest import QUICK, fill, load_checkpoint
-from tests.interrupt import REPO, clean_env, finish, max_difference, start, train_cmd, wait_for
+from tests.conftest import QUICK, fill, load_checkpoint, run_cli
+from tests.interrupt import clean_env, finish, max_difference, start, train_cmd, wait_for, wait_or_kill
 
 STEPS_PER_EPOCH = 5
 COMMAND = (
@@ -45,25 +44,14 @@ def partial_files(folder: Path) -> list[str]:
 
 
 def run_to_end(run_dir: Path, *extra: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        train_cmd(*COMMAND, *extra, f"run_dir={run_dir}"),
-        cwd=REPO,
-        env=clean_env(),
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli("train.py", *COMMAND, *extra, f"run_dir={run_dir}", env=clean_env(), timeout=300)
 
 
 def stopped(proc: subprocess.Popen, log: Path, timeout: float = 60) -> tuple[int, float, str]:
     """Wait for a signalled run: (exit status, seconds it took, its output)."""
     started = time.monotonic()
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    return proc.returncode, time.monotonic() - started, log.read_text(errors="replace")
+    code = wait_or_kill(proc, timeout)
+    return code, time.monotonic() - started, log.read_text(errors="replace")
 
 
 def assert_same_as(reference: Path, run_dir: Path) -> None:
@@ -138,6 +126,7 @@ def test_sigterm_mid_epoch_saves_the_step_and_resume_continues_exactly(reference
     assert_same_as(reference, run_dir)
 
 
+@pytest.mark.slow
 def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
     run_dir = tmp_path / "twice"
     proc = start(train_cmd(*COMMAND, f"run_dir={run_dir}"), clean_env(), tmp_path / "run.log")
@@ -154,6 +143,7 @@ def test_a_second_sigterm_exits_at_once(tmp_path: Path) -> None:
     assert read_checkpoint(newest)["global_step"] >= 2 and partial_files(run_dir) == []
 
 
+@pytest.mark.slow
 def test_a_grace_budget_too_short_for_a_checkpoint_leaves_the_newest_one(tmp_path: Path) -> None:
     run_dir = tmp_path / "hurried"
     cmd = train_cmd(*COMMAND, "checkpoint.preempt_grace_s=0.01", f"run_dir={run_dir}")

@@ -46,6 +46,7 @@ def lab_root(tmp_path_factory):
         for name in list_methods()
     ],
 )
+@pytest.mark.slow
 def test_every_method_learns_on_the_lab_dataset(method, lab_root, tmp_path):
     result = guards.run_guard(method, 0, tmp_path / "run", lab_root)
     trained, untrained = result["trained"]["linear_top1"], result["untrained"]["linear_top1"]

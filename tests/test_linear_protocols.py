@@ -6,7 +6,7 @@ import json
 import pytest
 
 from cssl.eval.probe import EpochResult, last_and_best
-from tests.conftest import QUICK, TinyNet, compose, run_inprocess
+from tests.conftest import QUICK, TinyNet, compose, run_inprocess, train_inprocess
 
 FAST = (
     "logger=none",
@@ -21,8 +21,7 @@ FAST = (
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     run = tmp_path_factory.mktemp("pretrain")
-    code, err = run_inprocess("train", [*QUICK, "trainer.max_steps=2", f"run_dir={run}"])
-    assert code == 0, err
+    train_inprocess(*QUICK, "trainer.max_steps=2", f"run_dir={run}")
     return run
 
 

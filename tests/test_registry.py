@@ -40,6 +40,7 @@ def test_every_method_has_a_config_and_every_config_a_method():
 
 
 @pytest.mark.parametrize("method", sorted(METHODS))
+@pytest.mark.slow
 def test_every_method_trains_a_few_steps(method, tmp_path):
     cfg = compose(
         "train",
@@ -94,6 +95,7 @@ def test_every_experiment_config_composes_and_its_objects_build(experiment):
 
 
 @pytest.mark.parametrize("method", sorted(m for m in METHODS if issubclass(METHODS[m], ContrastiveMethod)))
+@pytest.mark.slow
 def test_every_method_trains_with_negative_selection_and_the_curriculum(method, tmp_path):
     fnc = "eliminate" if method == "adco" else "attract"  # attraction is undefined with the adversarial bank
     cfg = compose(

@@ -264,6 +264,7 @@ def test_wandb_group_gives_the_same_table(tmp_path: Path, monkeypatch: pytest.Mo
     assert (tmp_path / "w_curves.png").read_bytes()[:8] == PNG  # from the mocked histories
 
 
+@pytest.mark.slow
 def test_multirun_writes_one_run_dir_per_job_and_the_report_reads_them(tmp_path: Path) -> None:
     sweep = tmp_path / "multirun" / "abl"
     proc = run_cli(

@@ -16,6 +16,8 @@ from cssl.runtime.checkpoint import resume_candidates
 from tests.conftest import QUICK, load_checkpoint
 from tests.interrupt import clean_env, finish, kill_group, max_difference, start, train_cmd, wait_for
 
+pytestmark = pytest.mark.slow  # whole training runs in subprocesses
+
 STEPS_PER_EPOCH = 5
 COMMAND = (
     *QUICK,

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from tests.distributed.harness import run_ranks
@@ -18,6 +19,7 @@ def _rank_init(rank: int, world_size: int, batches) -> dict:
     return {"steps": steps, "bank": model.bank.weight, "params": [p.detach() for p in model._online().parameters()]}
 
 
+@pytest.mark.slow
 def test_two_ranks_match_one_process_on_the_global_batch():
     batches = batches_of(3, batch=WORLD * B)
     results = run_ranks(_rank_init, world_size=WORLD, args=(batches,))

@@ -7,6 +7,7 @@ references are computed here, in the parent.
 
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -75,6 +76,7 @@ def _worker(rank: int, world_size: int, batches, images) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_bank_and_adco_under_two_ranks_match_one_process():
     batches, images = _bank_problem(), _method_images()
     results = run_ranks(_worker, world_size=WORLD, args=(batches, images))

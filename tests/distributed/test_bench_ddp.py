@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import run_cli
 
 
+@pytest.mark.slow
 def test_bench_ddp_quick_prints_the_table() -> None:
     proc = run_cli("bench/ddp.py", "--quick", timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]

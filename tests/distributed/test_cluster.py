@@ -106,6 +106,7 @@ def reference(root: Path) -> tuple[dict, dict]:
     return final_state(run_dir)
 
 
+@pytest.mark.slow
 def test_torchrun_two_agents_as_two_nodes(root: Path, reference: tuple[dict, dict]) -> None:
     run_dir = root / "torchrun"
     port = free_port()
@@ -133,6 +134,7 @@ def test_torchrun_two_agents_as_two_nodes(root: Path, reference: tuple[dict, dic
     assert_same_training(reference, final_state(run_dir))
 
 
+@pytest.mark.slow
 def test_slurm_job_survives_a_node_failure_and_a_time_limit_requeue(root: Path, reference: tuple[dict, dict]) -> None:
     """Two simulated srun tasks: SIGKILL of both after a mid-epoch checkpoint (a node that dies), the job
     started again, SIGUSR1 to one task in the next epoch (the time-limit signal), the requeued job started

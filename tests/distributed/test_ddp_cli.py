@@ -20,6 +20,8 @@ from cssl.models.backbones import build_backbone
 from tests.conftest import load_checkpoint, run_cli
 from tests.interrupt import clean_env
 
+pytestmark = pytest.mark.slow  # whole training runs in subprocesses
+
 BATCH = 16
 BANK = 400  # even, so DistributedSampler splits the kNN bank without padding duplicates
 COMMAND = (

@@ -85,6 +85,7 @@ def ranks(problem: dict) -> list[dict]:
     return run_ranks(_rank_worker, world_size=WORLD, args=(problem,))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SETTINGS))
 def test_fnc_under_ddp_matches_one_process_on_the_global_batch(ranks: list[dict], problem: dict, name: str) -> None:
     encoder = nn.Linear(D_IN, D_OUT)

@@ -1,5 +1,6 @@
 import itertools
 
+import pytest
 import torch
 import torch.nn as nn
 
@@ -60,6 +61,7 @@ def _on_rank(rank: int, world_size: int) -> dict:
     return out
 
 
+@pytest.mark.slow
 def test_queue_and_shuffle_bn_on_two_ranks():
     r0, r1 = run_ranks(_on_rank, world_size=2)
 

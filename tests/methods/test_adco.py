@@ -229,6 +229,7 @@ def _state(path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
+@pytest.mark.slow
 def test_cli_runs_with_and_without_multicrop_and_resumes_the_bank_exactly(tmp_path):
     crops, straight, resumed = tmp_path / "crops", tmp_path / "straight", tmp_path / "resumed"
     running = [

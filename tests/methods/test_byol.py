@@ -258,6 +258,7 @@ def test_contrastive_keys_are_not_in_the_config():
 
 
 # -- command line: train, exact resume, report --------------------------------------------------------------
+@pytest.mark.slow
 def test_cli_trains_resumes_exactly_and_reports(tmp_path):
     common = (
         *QUICK,

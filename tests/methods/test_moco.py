@@ -333,6 +333,7 @@ def _ckpt(run: Path) -> dict:
     return load_checkpoint(run / "checkpoints" / "last.ckpt")
 
 
+@pytest.mark.slow
 def test_cli_moco_then_resume_restores_the_queue(tmp_path):
     train("method=moco", "trainer.max_steps=3", f"run_dir={tmp_path}")
     summary = _summary(tmp_path)
@@ -360,6 +361,7 @@ def test_cli_moco_then_resume_restores_the_queue(tmp_path):
     assert (after["queue.age"][:28] == 0).all() and (after["queue.age"][96:] == 0).all()
 
 
+@pytest.mark.slow
 def test_cli_mochi(tmp_path):
     args = ("method=mochi", "method.mochi_warmup_epochs=0", "method.n_hard=16", "method.s=8", "method.s_prime=4")
     train(*args, "trainer.max_steps=3", f"run_dir={tmp_path}")

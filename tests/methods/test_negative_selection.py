@@ -23,7 +23,7 @@ from cssl.methods.moco import MoChi, MoCo
 from cssl.methods.simclr import SimCLR
 from cssl.models.optim import OptimSettings
 from cssl.pretrain import pretrain_views
-from tests.conftest import QUICK, REPO, StandIn, compose, run_cli, run_inprocess
+from tests.conftest import QUICK, REPO, StandIn, check_ok, compose, run_cli, run_inprocess
 from tests.contrastive.test_selection import KEYS, QUEUE, SUP, SUPK, Z1, Z2, Q, loop_detect, loop_ring, unit
 from tests.methods.adco_helpers import B, tiny_adco
 
@@ -269,13 +269,13 @@ def test_support_views_come_last_from_the_data_pipeline():
     assert len(off.views) == 2
 
 
+@pytest.mark.slow
 def test_cli_run_with_every_part_on(tmp_path):
     args = ["method=mochi", "method.estimator=hcl", "method.beta=1.0", "method.fnc=attract", "method.fnc_support_views=1",
             "method.ring_outer=0.5", "method.curriculum=linear", "method.mochi_warmup_epochs=0", "method.queue_size=64",
             "method.n_hard=8", "method.s=4", "method.s_prime=2", "trainer.max_steps=2", "trainer.log_every_n_steps=1",
             "diagnostics.every_n_steps=1", "data.batch_size=16", f"run_dir={tmp_path}"]  # fmt: skip
-    proc = run_cli("train.py", *QUICK, *args)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    check_ok(run_cli("train.py", *QUICK, *args))
     metrics = json.loads((tmp_path / "summary.json").read_text())["metrics"]
     for key in ("neg/fnc_cancelled", "neg/fnc_precision", "neg/ring_kept", "neg/ring_empty", "curriculum/h"):
         assert 0 <= metrics[key] <= 1, key
