@@ -185,31 +185,13 @@ class Negatives:
         extra = self.support_embeddings(encode)  # (B, S, D) or None
         return support if extra is None else torch.cat([support, extra.to(support.dtype)], dim=1)
 
-    def select(
-        self,
-        sim: Tensor,
-        mask: Tensor | None,
-        *,
-        support: Tensor | None = None,
-        candidates: Tensor | None = None,
-        image_of_row: Tensor | None = None,
-        labels: Tensor | None = None,
-        candidate_labels: Tensor | None = None,
-    ) -> Selection:
-        """FNC and the ring on one (sim (A, M), mask) row set, at this step's ring width; the labels serve
-        only ``neg/fnc_precision`` on diagnosing steps."""
-        diagnose = self.diagnose
-        selection = self.selector.select(
-            sim.detach(),
-            mask,
-            support=support,
-            candidates=candidates,
-            image_of_row=image_of_row,
-            outer=self.ring_outer(),
-            labels=labels if diagnose else None,
-            candidate_labels=candidate_labels if diagnose else None,
-            diagnose=diagnose,
-        )
+    def select(self, sim: Tensor, mask: Tensor | None, **inputs: Any) -> Selection:
+        """FNC and the ring on one (sim (A, M), mask) row set at this step's ring width; ``inputs`` are
+        :meth:`NegativeSelector.select`'s (support, candidates, image_of_row, labels, candidate_labels), the
+        labels serving only ``neg/fnc_precision`` on diagnosing steps."""
+        if not self.diagnose:
+            inputs = {k: v for k, v in inputs.items() if k not in ("labels", "candidate_labels")}
+        selection = self.selector.select(sim.detach(), mask, outer=self.ring_outer(), diagnose=self.diagnose, **inputs)
         for name, value in selection.logs.items():
             self._selection_logs.setdefault(name, value)  # the first row set of a step (as the neg/ set)
         return selection
