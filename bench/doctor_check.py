@@ -2,6 +2,7 @@
 
     PYTHONPATH=. python bench/doctor_check.py                 # digits (default run), lab, an image folder
     PYTHONPATH=. python bench/doctor_check.py --cases digits --lab-epochs 10
+    PYTHONPATH=. python bench/doctor_check.py --threads 1          # on a shared machine
 
 For each case the doctor runs first, then ``train.py`` with the same overrides (``logger=none``, its own
 run dir); the table gives the doctor's expected images/s, the run's ``summary.json`` figure, their ratio
@@ -61,8 +62,10 @@ def load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def run(command: list[str]) -> subprocess.CompletedProcess:
+def run(command: list[str], threads: int | None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONWARNINGS": "ignore", "HYDRA_FULL_ERROR": "0"}
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)  # torch's intra-op threads in both processes
     done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stderr[-2000:]}")
@@ -76,6 +79,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--lab-epochs", type=int, default=10, help="experiment=lab trains 100; the rate is per step")
     parser.add_argument("--folder-epochs", type=int, default=3)
     parser.add_argument("--folder-images", type=int, default=256, help="training JPEGs per class")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of the doctor and the run (OMP_NUM_THREADS); 1 on a shared machine, where a thread "
+        "waiting for a busy core stalls every parallel op",
+    )
     parser.add_argument("--json", default=None, help="also write the rows here")
     args = parser.parse_args(argv)
     rows = []
@@ -86,12 +96,12 @@ def main(argv: list[str] | None = None) -> None:
         for name in args.cases:
             overrides = ["logger=none", "trainer.progress_bar=false", *plan[name]]
             before = load()
-            out = run([sys.executable, "-m", "cssl.doctor", *overrides]).stdout
+            out = run([sys.executable, "-m", "cssl.doctor", *overrides], args.threads).stdout
             expected = float(re.search(r"expected: ([\d,.]+) images/s", out).group(1).replace(",", ""))
             verdict = re.search(r"verdict: ([^.]+)\.", out).group(1)
             middle = load()
             run_dir = tmp_path / "runs" / name
-            run([sys.executable, "train.py", *overrides, f"run_dir={run_dir}"])
+            run([sys.executable, "train.py", *overrides, f"run_dir={run_dir}"], args.threads)
             summary = json.loads((run_dir / "summary.json").read_text())
             measured = float(summary["images_per_second"])
             rows.append(

@@ -29,6 +29,12 @@ LOADER_SHARE = 0.1  # data.num_workers=0: loading in the main process may take t
 MARGIN = 1.1  # recommended workers deliver 10% more than the device consumes (files differ in cost)
 
 
+def _rate(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:,.0f}" if value >= 100 else f"{value:.3g}"
+
+
 @dataclass(frozen=True)
 class Measurements:
     """What the doctor measured (rates in images per second of one device, or of one loader worker).
@@ -120,10 +126,11 @@ def verdict(m: Measurements) -> Verdict:
     else:
         rate = min(m.num_workers * m.loader, device_rate)
         loader_bound = m.num_workers * m.loader < device_rate
-        where = f"{m.num_workers} workers make {m.num_workers * m.loader:.0f} images/s"
+        workers = f"{m.num_workers} worker makes" if m.num_workers == 1 else f"{m.num_workers} workers make"
+        where = f"{workers} {_rate(m.num_workers * m.loader)} images/s"
     device = (
         f"the device takes {device_s * 1e3:.1f} ms per batch of {b} (augmentation {augment_s * 1e3:.1f}, "
-        f"step {step_s * 1e3:.1f}, gather {m.gather_seconds * 1e3:.1f}), {device_rate:.0f} images/s"
+        f"step {step_s * 1e3:.1f}, gather {m.gather_seconds * 1e3:.1f}), {_rate(device_rate)} images/s"
     )
     if m.num_workers == 0 and not loader_bound:
         recommended: int | None = 0
@@ -136,13 +143,13 @@ def verdict(m: Measurements) -> Verdict:
         best = max(best, rate)
     if recommended is None:
         advice = (
-            f"no worker count can keep up: {needed} workers of {m.loader:.0f} images/s would be needed, "
+            f"no worker count can keep up: {needed} workers of {_rate(m.loader)} images/s would be needed, "
             f"{m.worker_cores} cores per device are free (data.decode=gpu moves decoding to the device)"
         )
     elif recommended == 0:
         advice = "data.num_workers=0 is enough"
     else:
-        advice = f"data.num_workers={recommended} keeps up ({m.loader:.0f} images/s per worker)"
+        advice = f"data.num_workers={recommended} keeps up ({_rate(m.loader)} images/s per worker)"
     total = rate * m.world_size
     epoch = m.images_per_epoch / total if m.images_per_epoch > 0 else None
     return Verdict(
@@ -303,10 +310,6 @@ def _device_name(device: Any, torch: Any) -> str:
     import platform
 
     return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-
-
-def _rate(value: float | None) -> str:
-    return "-" if value is None else f"{value:,.0f}"
 
 
 def _ms(batch: int, value: float | None) -> str:
