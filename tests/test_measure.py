@@ -97,3 +97,23 @@ def test_augment_rate_and_peak_memory_on_the_cpu():
     measure.reset_peak_memory(torch.device("cpu"))
     peak, total, kind = measure.peak_memory(torch.device("cpu"))
     assert 0 < peak < total and kind.startswith("host")
+
+
+def test_run_throughput_counts_the_wait_between_steps_but_not_validation(monkeypatch):
+    """summary.json's images_per_second: from each epoch's start to its last step, loader waits included."""
+    from types import SimpleNamespace
+
+    from cssl.runtime import run
+
+    clock = iter([0.0, 3.0, 10.0, 12.0, 20.0, 21.0])  # epoch start, step end, validation end, step end, ...
+    monkeypatch.setattr(run.time, "perf_counter", lambda: next(clock))
+    trainer = SimpleNamespace(world_size=2)
+    counter = run.Throughput(batch_size=4)
+    counter.on_train_epoch_start(trainer)  # 0
+    counter.on_train_batch_end(trainer)  # 3: the first step and the wait for its batch
+    counter.on_validation_end(trainer)  # 10: a validation inside the epoch
+    counter.on_train_batch_end(trainer)  # 12
+    counter.on_train_epoch_start(trainer)  # 20: the next epoch
+    counter.on_train_batch_end(trainer)  # 21
+    assert counter.seconds == 3 + 2 + 1 and counter.images == 3 * 4 * 2
+    assert counter.images_per_second == 24 / 6

@@ -10,6 +10,7 @@ the device decoder of ``data.decode=gpu``) exactly as a loader's batch would.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import logging
 import math
@@ -98,6 +99,8 @@ def reset_peak_memory(device: torch.device) -> None:
     """Start counting the peak anew: CUDA's allocator statistics, or this process's peak RSS on the host
     (Linux's ``clear_refs``; where that is refused the peak stays the process's lifetime peak)."""
     if device.type == "cuda":
+        gc.collect()  # blocks cached for an earlier model would otherwise count as this one's reserve
+        torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
         return
     with contextlib.suppress(OSError):
