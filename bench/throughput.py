@@ -26,13 +26,14 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from cssl.methods import METHODS  # noqa: E402
 from cssl.models.backbones import build_backbone  # noqa: E402
 from cssl.models.optim import OptimSettings  # noqa: E402
+from cssl.runtime.measure import Replay  # noqa: E402
 
 OPTIONS = {  # small pools for a CPU run; the per-step work of the loss scales with them
     "moco": {"queue_size": 4096},
@@ -42,19 +43,6 @@ OPTIONS = {  # small pools for a CPU run; the per-step work of the loss scales w
     "hcl": {"estimator": "hcl", "tau_plus": 0.1, "beta": 1.0},
 }
 LR = 0.05
-
-
-class SameBatch(Dataset):
-    """``steps`` copies of one batch ([view 1, view 2], labels), already collated."""
-
-    def __init__(self, batch: Any, steps: int) -> None:
-        self.batch, self.steps = batch, steps
-
-    def __len__(self) -> int:
-        return self.steps
-
-    def __getitem__(self, i: int) -> Any:
-        return self.batch
 
 
 class StepTimer(pl.Callback):
@@ -99,7 +87,7 @@ def lightning_seconds(name: str, batch: Any, b: int, steps: int, warmup: int, ba
         log_every_n_steps=1,
         callbacks=[timer],
     )
-    loader = DataLoader(SameBatch(batch, steps), batch_size=None)
+    loader = DataLoader(Replay(batch, steps), batch_size=None)
     trainer.fit(model, train_dataloaders=loader)
     return statistics.median(b - a for a, b in zip(timer.starts[warmup:], timer.starts[warmup + 1 :], strict=False))
 
