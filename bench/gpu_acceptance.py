@@ -108,11 +108,10 @@ def config(name: str, sizes: dict[str, Any], setting: str = RECOMMENDED) -> Any:
 
 def build(cfg: Any, smoke: bool) -> tuple[Any, Any]:
     """(method, data module) of ``cfg``: the data module only cuts no files, it makes the views."""
-    from cssl.pretrain import apply_speed_options, build_method, set_train_views
+    from cssl.pretrain import apply_speed_options, build_method, pretrain_views
 
     torch.manual_seed(0)
-    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
-    set_train_views(cfg, data)
+    data = run.build_data(cfg, train_split="pretrain", views=pretrain_views(cfg))
     model = build_method(cfg, num_classes=1000, batch_size=data.batch_size, cifar_stem=False)
     if smoke and cfg.compile:  # the CPU: dynamo's tracing without code generation, to stay within seconds
         with_compile = cfg.copy()
@@ -196,10 +195,11 @@ def loss_bound(model: Any) -> float:
     add 2 beta/t: (1 + (1 + 2 beta) / (1 - tau+)) / t in all. BYOL's loss 4 - 2 cos(p1, z2) - 2 cos(p2, z1)
     moves by at most 4 per unit of cosine error.
     """
-    if not getattr(model, "uses_negatives", True):
+    negatives = getattr(model, "negatives", None)  # a method without negatives has no estimator
+    if negatives is None:
         return 4 * COSINE_ERROR
-    t, tau, beta = float(model.temperature), float(model.tau_plus), float(model.beta)
-    factor = 2.0 if model.estimator == "infonce" else 1 + (1 + 2 * beta) / (1 - tau)
+    t, tau, beta = float(negatives.temperature), float(negatives.tau_plus), float(negatives.beta())
+    factor = 2.0 if negatives.estimator == "infonce" else 1 + (1 + 2 * beta) / (1 - tau)
     return factor * COSINE_ERROR / t
 
 
@@ -212,7 +212,7 @@ def precision_row(name: str, sizes: dict[str, Any], device: torch.device) -> dic
     for label, bf16 in (("fp32", False), ("bf16", True)):
         torch.manual_seed(0)  # the same random draws (shuffles, mixes) in both passes
         with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = model.contrastive_step([v.float() for v in views])
+            loss, _, _ = model.ssl_step([v.float() for v in views])
         losses[label] = float(loss)
     diff = abs(losses["bf16"] - losses["fp32"])
     bound = loss_bound(model)

@@ -5,7 +5,7 @@
     python bench/throughput.py --methods simclr moco --batch 64 --steps 10
 
 Both sides run the same step on the same pre-made batch of two views (augmentation excluded: see
-bench/augment.py): the method's ``contrastive_step``, the online probe, backward, an SGD step and the
+bench/augment.py): the method's ``ssl_step``, the online probe, backward, an SGD step and the
 method's after-step work (EMA, enqueue, bank ascent). The bare loop calls these directly; the Lightning
 side is ``Trainer.fit`` with cssl's method (logging every step into Lightning's result collection, no
 logger, no progress bar, no checkpointing, no validation). Per-step time is the median over the steps after

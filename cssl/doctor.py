@@ -205,10 +205,11 @@ def doctor(cfg: Any, *, loader_seconds: float = 5.0, steps: int = 10, warmup: in
     import torch
     from pytorch_lightning.utilities import move_data_to_device
 
-    from cssl.pretrain import apply_speed_options, build_method, set_train_views
+    from cssl.core.errors import check_int
+    from cssl.pretrain import apply_speed_options, build_method, pretrain_views
     from cssl.runtime import launch, measure, run
 
-    run.check_int("seed", cfg.seed, 0)
+    check_int("seed", cfg.seed, 0)
     trainer_cfg = cfg.trainer
     accelerator = str(trainer_cfg.get("accelerator"))
     launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), accelerator)
@@ -217,10 +218,8 @@ def doctor(cfg: Any, *, loader_seconds: float = 5.0, steps: int = 10, warmup: in
     world = per_node * int(nodes)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
 
-    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain", views=pretrain_views(cfg))  # as pretrain() builds them
     data.check()  # a missing dataset fails here, in one line
-    set_train_views(cfg, data)
-    data.eval_transform = run.eval_transform(data)
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
     apply_speed_options(cfg, model)

@@ -79,7 +79,7 @@ def run_guard(method: str, seed: int, run_dir: Path, root: Path, extra: tuple[st
 
     # the untrained backbone of the same run: seeded and built as pretrain builds it
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)
-    data = run.build_data(cfg, train_split="pretrain", train_transform=None)
+    data = run.build_data(cfg, train_split="pretrain")
     data.check()
     stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     untrained_backbone = build_method(cfg, data.num_classes, data.batch_size, stem).backbone

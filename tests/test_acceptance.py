@@ -83,13 +83,15 @@ def test_loss_bound_follows_the_estimator():
     acc = load_script()
     eps = acc.COSINE_ERROR
 
+    from cssl.contrastive.negatives import Negatives
+
     class Method:
-        uses_negatives, temperature, estimator, tau_plus, beta = True, 0.2, "infonce", 0.0, 0.0
+        negatives = Negatives(temperature=0.2)
 
     assert acc.loss_bound(Method()) == pytest.approx(2 * eps / 0.2)
-    Method.estimator, Method.tau_plus, Method.beta = "hcl", 0.1, 1.0
+    Method.negatives = Negatives(temperature=0.2, estimator="hcl", tau_plus=0.1, beta=1.0)
     assert acc.loss_bound(Method()) == pytest.approx((1 + 3 / 0.9) * eps / 0.2)
-    Method.uses_negatives = False
+    Method.negatives = None  # a method without negatives (BYOL)
     assert acc.loss_bound(Method()) == pytest.approx(4 * eps)
 
 
