@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from cssl.methods import METHODS  # noqa: E402
 from cssl.models.backbones import build_backbone  # noqa: E402
 from cssl.models.optim import OptimSettings  # noqa: E402
-from cssl.runtime.measure import Replay  # noqa: E402
+from cssl.runtime.measure import Replay, bare_trainer  # noqa: E402
 
 OPTIONS = {  # small pools for a CPU run; the per-step work of the loss scales with them
     "moco": {"queue_size": 4096},
@@ -75,18 +75,7 @@ def build(name: str, batch: int, backbone: str = "resnet18", seed: int = 0) -> p
 def lightning_seconds(name: str, batch: Any, b: int, steps: int, warmup: int, backbone: str) -> float:
     model = build(name, b, backbone)
     timer = StepTimer()
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        devices=1,
-        max_steps=steps,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        log_every_n_steps=1,
-        callbacks=[timer],
-    )
+    trainer = bare_trainer([timer], accelerator="cpu", devices=1, max_steps=steps, log_every_n_steps=1)
     loader = DataLoader(Replay(batch, steps), batch_size=None)
     trainer.fit(model, train_dataloaders=loader)
     return statistics.median(b - a for a, b in zip(timer.starts[warmup:], timer.starts[warmup + 1 :], strict=False))

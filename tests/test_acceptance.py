@@ -98,7 +98,7 @@ def test_loss_bound_follows_the_estimator():
 def test_without_a_gpu_the_full_run_says_so_in_one_line(tmp_path):
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # this test is about the machine without one; the GPU run is the script itself
         pytest.skip("a GPU is visible")
     acc = load_script()
     assert acc.main(["--out", str(tmp_path)]) == 2

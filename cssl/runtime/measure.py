@@ -165,6 +165,21 @@ class ReplayData(pl.LightningDataModule):
         return self.source.on_after_batch_transfer(batch, dataloader_idx)
 
 
+def bare_trainer(callbacks: list[pl.Callback], **options: Any) -> pl.Trainer:
+    """A Trainer that only trains: no logger, checkpoints, progress bar, model summary or validation (the
+    timing runs of the doctor, the acceptance run and bench/throughput.py)."""
+    return pl.Trainer(
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        limit_val_batches=0,
+        num_sanity_val_steps=0,
+        callbacks=callbacks,
+        **options,
+    )
+
+
 class StepTimer(pl.Callback):
     """Wall time at the start of the first step and at the end of every step (device synchronised), each
     step's returned loss (kept on the device, read at the end) and the peak memory. With several processes
@@ -250,19 +265,13 @@ def measure_training(
     with tempfile.TemporaryDirectory() as tmp:
         timer = StepTimer(device, os.path.join(tmp, "steps.json") if devices > 1 else None)
         with quiet():
-            trainer = pl.Trainer(
+            trainer = bare_trainer(
+                [timer],
                 accelerator="cuda" if device.type == "cuda" else "cpu",
                 devices=devices,
                 strategy="ddp_spawn" if devices > 1 else "auto",
                 max_steps=total,
                 max_epochs=-1,
-                logger=False,
-                enable_checkpointing=False,
-                enable_progress_bar=False,
-                enable_model_summary=False,
-                limit_val_batches=0,
-                num_sanity_val_steps=0,
-                callbacks=[timer],
                 **options,
             )
         reset_peak_memory(device)
