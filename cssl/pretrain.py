@@ -20,6 +20,7 @@ from cssl.methods import ContrastiveMethod, Method, method_class
 from cssl.models import speed
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings
+from cssl.models.weights import check_init_path, load_init
 from cssl.runtime import console, faults, launch, loggers, preempt, run, slurm
 from cssl.runtime.checkpoint import (
     FinishStep,
@@ -66,6 +67,9 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
     if issubclass(cls, ContrastiveMethod):  # the negatives report their own diagnostics
         options["diagnostics_top_k"] = top_k
     backbone = build_backbone(str(cfg.backbone), cifar_stem=cifar_stem, zero_init_residual=bool(cfg.zero_init_residual))
+    init = None
+    if cfg.get("backbone_init") not in (None, ""):  # before the method copies it (momentum encoders)
+        init = load_init(backbone, Path(str(cfg.backbone_init)), name=str(cfg.backbone), cifar_stem=cifar_stem)
     try:
         optim = OptimSettings(**run.plain(cfg.optimizer))
         model = cls(
@@ -87,9 +91,22 @@ def build_method(cfg: DictConfig, num_classes: int, batch_size: int, cifar_stem:
         "num_features": model.num_features,
         "image_size": int(cfg.data.image_size),
         "data": str(cfg.data.name),
+        "experiment": experiment_name(),
+        "backbone_init": init,
         "config": run.plain(cfg),
     }
     return model
+
+
+def experiment_name() -> str | None:
+    """The ``experiment=NAME`` of this run (recorded in the checkpoint; model cards name it), if any."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+
+        choice = HydraConfig.get().runtime.choices.get("experiment")
+    except (ImportError, ValueError, AttributeError):
+        return None
+    return None if choice in (None, "null") else str(choice)
 
 
 def diagnostics_options(cfg: DictConfig) -> tuple[int, int, int]:
@@ -187,6 +204,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     """Run one pretraining job described by ``cfg``; returns the summary written to summary.json."""
     start = time.time()
     check_int("seed", cfg.seed, 0)
+    check_init_path(cfg.get("backbone_init"))  # a missing file fails before any work
+    log_model = loggers.check_log_model(run.plain(cfg.logger))
     trainer_cfg = cfg.trainer
     launch.check_launch(trainer_cfg.get("devices"), trainer_cfg.get("num_nodes"), str(trainer_cfg.get("accelerator")))
     run_dir = run.output_dir(cfg)
@@ -283,12 +302,30 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(run_dir / "checkpoints" / "last.ckpt"),
         "group": group,
         "tags": tags,
+        "backbone_init": (model.meta.get("backbone_init") or {}).get("path"),
         "metrics": final_metrics,
     }
     run.write_summary(run_dir, summary)
+    if log_model:  # after summary.json: the model card quotes it
+        summary["logged_model"] = log_backbone(trainer, run_dir)
+        run.write_summary(run_dir, summary)
     next_command = console.linear_eval_command(run.plain(cfg.data), run_dir, CONFIGS)
     run.say(console.pretrain_end(summary, loggers.where_logged(trainer.loggers), next_command))
     return summary
+
+
+@rank_zero_only
+def log_backbone(trainer: pl.Trainer, run_dir: Path) -> str | None:
+    """``logger.log_model``: export the final backbone (safetensors + model card, verified) to
+    ``RUN_DIR/export/`` and log it as a W&B model artifact; any failure is one warning, training is done."""
+    from cssl.export import export
+
+    try:
+        done = export(run_dir, "safetensors")  # the newest checkpoint: the final weights
+        return loggers.log_artifact(trainer.loggers, done.files, name=f"backbone-{run_dir.name}", metadata=done.card)
+    except Exception as err:  # noqa: BLE001 - an optional output: a warning, and the run ends as it would
+        storage.optional_output("backbone artifact (logger.log_model)", run_dir / "export", err)
+        return None
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # the data configs' defaults, for the next command

@@ -112,6 +112,42 @@ class SafeWandbLogger(WandbLogger):
         self._guard(super().finalize, status)
 
 
+def check_log_model(logger: dict[str, Any]) -> bool:
+    """``logger.log_model`` (true: log the exported backbone as a W&B artifact at the end of pretraining),
+    checked: a boolean, and only with the W&B logger."""
+    value = logger.get("log_model", False)
+    if not isinstance(value, bool):
+        raise ConfigError(f"logger.log_model must be true or false, got {value!r}")
+    if value and logger.get("name") != "wandb":
+        raise ConfigError(
+            f"logger.log_model=true logs a W&B artifact and needs logger=wandb, not logger={logger.get('name')}"
+        )
+    return value
+
+
+def log_artifact(loggers: list[Logger], files: list[Path], *, name: str, metadata: dict[str, Any]) -> str | None:
+    """Log ``files`` as one W&B model artifact (offline: recorded in the offline run, uploaded by
+    ``wandb sync``); returns ``name:latest``, or None without a working W&B logger."""
+    import wandb
+
+    for logger in loggers:
+        if isinstance(logger, SafeWandbLogger) and not logger._broken:
+            experiment = logger.experiment
+            if not hasattr(experiment, "log_artifact"):  # W&B failed to start: a dummy
+                return None
+            artifact = wandb.Artifact(_artifact_name(name), type="model", metadata=metadata)
+            for path in files:
+                artifact.add_file(str(path), name=Path(path).name)
+            experiment.log_artifact(artifact, aliases=["latest"])
+            return f"{artifact.name}:latest"
+    return None
+
+
+def _artifact_name(name: str) -> str:
+    """W&B allows letters, digits, dashes, underscores and dots in artifact names."""
+    return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)
+
+
 def where_logged(loggers: list[Logger]) -> str | None:
     """Where the run's metrics went, for its closing lines: the W&B run's page, or its offline folder and the
     command that uploads it, or the CSV file; None without a logger (and on every rank but 0)."""

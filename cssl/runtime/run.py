@@ -62,6 +62,7 @@ def build_trainer(
         if isinstance(options.get(key), float) and options[key] == 1.0:
             del options[key]  # Lightning's default; passed explicitly, Lightning prints a note saying so
     log = dict(plain(cfg.logger))
+    log.pop("log_model", None)  # not the logger's: pretraining logs the exported backbone at its end
     logger = build_logger(str(log.pop("name")), run_dir, config=logger_config, **log)
     progress_bar = bool(options.pop("progress_bar", True))
     if progress_bar:
