@@ -67,7 +67,9 @@ def read_state_dict(path: Path, key: str = "backbone_init") -> dict[str, Tensor]
             raise ConfigError(f"{key}={path}: not a readable safetensors file ({type(err).__name__})") from None
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError:
+    except pickle.UnpicklingError as err:
+        if "unsupported global" not in str(err).lower():  # not a pickle of objects at all
+            raise ConfigError(f"{key}={path}: unreadable (not a torch.save file); is it a state dict?") from None
         raise ConfigError(
             f"{key}={path}: refused, it holds objects that are not weights (a detectron2 .pkl is not a "
             "starting point; export the backbone as format=torchvision or safetensors)"
