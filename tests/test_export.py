@@ -355,19 +355,15 @@ def test_a_failed_export_from_the_command_line_is_one_line(pretrained, tmp_path,
 def test_pretraining_starts_from_exported_weights(pretrained, tmp_path):
     ex.export(pretrained, "torchvision", tmp_path / "start.pth")
     run = tmp_path / "run"
-    # lr 0: the weights stay where they started, so the checkpoint shows what was loaded
-    train_inprocess(
-        *QUICK,
-        "backbone=resnet18",
-        "trainer.max_steps=1",
-        "optimizer.lr=0.0",
-        f"backbone_init={tmp_path / 'start.pth'}",
-        f"run_dir={run}",
-    )
+    # another seed (another random init) and a tiny rate: the checkpoint shows what was loaded
+    overrides = ("backbone=resnet18", "seed=1", "trainer.max_steps=1", "optimizer.lr=1e-9")
+    train_inprocess(*QUICK, *overrides, f"backbone_init={tmp_path / 'start.pth'}", f"run_dir={run}")
     start = torch.load(tmp_path / "start.pth", weights_only=True)
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)
     for key in ("conv1.weight", "layer3.1.conv2.weight", "layer4.0.downsample.0.weight"):
-        assert torch.equal(ckpt["state_dict"][f"backbone.{key}"], start[key]), key
+        assert torch.allclose(ckpt["state_dict"][f"backbone.{key}"], start[key], atol=1e-6, rtol=0), key
+    torch.manual_seed(1)
+    assert not torch.allclose(build_backbone("resnet18").conv1.weight, start["conv1.weight"], atol=1e-3)
     assert ckpt["cssl"]["backbone_init"]["path"] == str(tmp_path / "start.pth")
     assert json.loads((run / "summary.json").read_text())["backbone_init"] == str(tmp_path / "start.pth")
 
