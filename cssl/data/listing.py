@@ -35,6 +35,7 @@ import hashlib
 import json
 import os
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -327,19 +328,24 @@ def build_index(root: str, index: str = "auto") -> dict:
     return data
 
 
-def read_index(*, root: str, labels: str = "none", index: str = "auto") -> Listing | None:
-    """The listing from the index of ``root`` without walking or checking staleness (a process that is not
-    the first: the first has just made or checked it); None when there is none."""
+def read_index(*, root: str, labels: str = "none", index: str = "auto", wait_s: float = 0.0) -> Listing | None:
+    """The listing from the index of ``root``, never walking it: for the processes that are not the first,
+    which wait up to ``wait_s`` seconds for the first to write a fresh index (a ``stat`` per folder to check
+    it); None when there is none by then."""
     if index == "off":
         return None
     top = os.path.abspath(root)
-    for path in index_paths(top, "auto" if index == "rebuild" else index):
-        data = _load(path, top)
-        if data is not None:
-            listing = _listing(data, top, labels)
-            check_not_empty(listing)
-            return listing
-    return None
+    deadline = time.monotonic() + wait_s
+    while True:
+        for path in index_paths(top, "auto" if index == "rebuild" else index):
+            data = _load(path, top)
+            if data is not None and stale_reason(data, top) is None:
+                listing = _listing(data, top, labels)
+                check_not_empty(listing)
+                return listing
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.2)
 
 
 def list_images(
