@@ -661,6 +661,8 @@ class FolderDataModule(ImageDataModule):
         self.listing = train
         held = self._eval_listing()
         lines = [train.summary()]
+        if len(train.classes) == 1:
+            raise ConfigError(f"data.labels={self.labels}: {train.source} gives one class only; use data.labels=none")
         labelled = train.labelled if len(train.classes) >= 2 else []
         pretrain = train.samples
         if held is not None and labelled:
@@ -693,8 +695,6 @@ class FolderDataModule(ImageDataModule):
                 f"no labels: kNN monitor and online probe off; {len(val)} images held out (data.val_fraction) "
                 "for val/uniformity, val/alignment, val/effective_negatives, val/pair_loss"
             )
-        if len(classes) == 1:
-            raise ConfigError(f"data.labels={self.labels}: {train.source} gives one class only; use data.labels=none")
         self.num_classes = len(classes)
         _say_once(lines)
         self._pretrain_base = self._images(pretrain, classes, train.source)

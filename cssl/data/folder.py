@@ -59,7 +59,8 @@ def scan_class_folders(directory: str | Path, class_to_idx: dict[str, int]) -> l
     for name in sorted(class_to_idx):
         folder = os.path.join(str(directory), name)
         files: list[str] = []
-        for root, _, names in sorted(os.walk(folder, followlinks=True)):
+        for root, dirs, names in sorted(os.walk(folder, followlinks=True)):
+            dirs[:] = [d for d in dirs if not _is_hidden(d)]  # e.g. the .cssl index folder of data=folder
             for file in sorted(names):
                 if _is_hidden(file):
                     continue
@@ -111,6 +112,13 @@ class CheckedImageFolder(ImageFolder):
     def __init__(self, root: str, *, transform: Any, skip_bad_images: bool = True) -> None:
         self.skip_bad_images = skip_bad_images
         super().__init__(root, transform=transform, loader=_rgb_loader)
+
+    @staticmethod
+    def find_classes(directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
 
     @staticmethod
     def make_dataset(
