@@ -288,6 +288,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     }
     run.write_summary(run_dir, summary)
     next_command = console.linear_eval_command(run.plain(cfg.data), run_dir, CONFIGS)
+    if data.num_classes == 0:  # unlabelled images: linear evaluation needs a few labels first
+        next_command = f"label some images to evaluate: {next_command} data.eval_root=CLASS_FOLDERS"
     run.say(console.pretrain_end(summary, loggers.where_logged(trainer.loggers), next_command))
     return summary
 

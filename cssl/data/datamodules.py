@@ -696,6 +696,11 @@ class FolderDataModule(ImageDataModule):
                 "for val/uniformity, val/alignment, val/effective_negatives, val/pair_loss"
             )
         self.num_classes = len(classes)
+        if self.train_split == "labelled" and not self.num_classes:
+            raise ConfigError(
+                f"data: {train.source} has no labels to train a linear probe on; give data.eval_root=CLASS_FOLDERS, "
+                "data.eval_files=LIST or data.labels=folders|list"
+            )
         _say_once(lines)
         self._pretrain_base = self._images(pretrain, classes, train.source)
         sets: dict[str, Dataset] = {

@@ -240,3 +240,11 @@ def test_train_on_an_unlabelled_folder_logs_label_free_metrics_then_preview(tmp_
     except SystemExit as exc:
         assert not exc.code
     assert (out / "views.png").is_file() and (out / "views.pt").is_file()
+
+
+def test_linear_evaluation_of_unlabelled_images_is_a_one_line_error(tmp_path):
+    write_images(tmp_path, 6)
+    dm = build_datamodule("folder", root=str(tmp_path), batch_size=2, image_size=16, train_split="labelled")
+    with pytest.raises(ConfigError, match="no labels to train a linear probe on") as err:
+        dm.check()
+    assert "\n" not in str(err.value)
