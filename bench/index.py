@@ -59,14 +59,14 @@ def image_folder(root: Path, flat: bool) -> int:
     return len(ImageFolder(str(root.parent if flat else root), loader=lambda p: p).samples)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--files", type=int, default=200_000)
     parser.add_argument("--folders", type=int, default=1000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dir", default=None, help="where the trees are made (kept); default a temporary folder")
     parser.add_argument("--quick", action="store_true", help="2,000 files in 10 folders, one repeat")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.quick:
         args.files, args.folders, args.repeats = 2000, 10, 1
     base = Path(args.dir) if args.dir else Path(tempfile.mkdtemp(prefix="cssl-index-bench-"))
