@@ -169,9 +169,9 @@ def linear_eval(cfg: DictConfig) -> dict[str, Any]:
     ft = cfg.finetune
     check_finetune_options(ft.backbone_lr, ft.backbone_lr_ratio, ft.layer_decay)
     optim = OptimSettings(**run.plain(cfg.optimizer))
+    check_int("seed", cfg.seed, 0)
     subset = label_subset(cfg)
     grid = knn_settings(cfg) if cfg.mode == "knn" else None
-    check_int("seed", cfg.seed, 0)
     backbone, meta, ckpt_path = evaluated_backbone(cfg)
     run_dir = run.output_dir(cfg)
     pl.seed_everything(int(cfg.seed), workers=True, verbose=False)

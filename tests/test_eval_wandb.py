@@ -94,7 +94,7 @@ def test_checkpoint_records_the_run_and_evaluations_write_eval_keys(offline_pret
     assert got["eval/linear_top1_best"] == pytest.approx(linear["top1_best"])
     knn = json.loads((tmp_path / "knn" / "summary.json").read_text())
     got = offline_summary(tmp_path / "knn", record["id"])
-    assert "eval/knn_top1_k20_t0.07" in got, (got, knn)
+    assert "eval/knn_top1_k20_t0.07" in got, (got, err[-3000:])
     assert got["eval/knn_top1_k20_t0.07"] == pytest.approx(knn["grid"]["k20_t0.07"]["top1"])
     assert "eval/knn_top1_k10_t0.07" in got and got["eval/knn_top1"] == pytest.approx(knn["top1"])
 
