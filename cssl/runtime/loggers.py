@@ -323,6 +323,7 @@ def write_eval_summary(record: Any, metrics: dict[str, float], run_dir: Path) ->
         folder = Path(run.dir).parent
         url = getattr(run, "url", None)
         run.finish()
+        wandb.teardown()  # finish() returns before W&B's service has written the run's records; this waits for it
     except Exception as err:  # noqa: BLE001 - logging must never kill an evaluation
         fault = storage.find_os_error(err)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
