@@ -114,3 +114,43 @@ def test_a_logging_failure_is_one_warning(offline_pretrain, tmp_path, monkeypatc
     assert code == 0, err
     assert "warning: the results were not written to the training's W&B run" in err and "server says no" in err
     assert (tmp_path / "summary.json").is_file()
+
+
+def test_online_resumes_the_training_run_by_id(tmp_path, monkeypatch):
+    """Online (mocked: no network here): W&B's resume of the recorded id, the keys into its summary."""
+    import wandb
+
+    from cssl.runtime import loggers
+
+    calls = {}
+
+    class FakeRun:
+        dir = str(tmp_path / "wandb" / "run-x" / "files")
+        url = "https://wandb.example/run/abc"
+
+        def __init__(self):
+            self.summary = {}
+
+        def finish(self):
+            calls["finished"] = dict(self.summary)
+
+    def fake_init(**kwargs):
+        calls["init"] = kwargs
+        return FakeRun()
+
+    monkeypatch.delenv("WANDB_MODE", raising=False)
+    monkeypatch.setattr(loggers, "wandb_mode", lambda requested="auto": "online")
+    monkeypatch.setattr(wandb, "init", fake_init)
+    monkeypatch.setattr(wandb, "teardown", lambda: None)
+    record = {"id": "abc", "project": "p", "entity": "e", "mode": "online", "dir": "x"}
+    line = loggers.write_eval_summary(record, {"eval/linear_top1": 0.5}, tmp_path)
+    init = calls["init"]
+    assert (init["id"], init["project"], init["entity"], init["resume"], init["mode"]) == (
+        "abc",
+        "p",
+        "e",
+        "allow",
+        "online",
+    )
+    assert calls["finished"] == {"eval/linear_top1": 0.5} and "wandb.example" in line
+    assert loggers.write_eval_summary(None, {"eval/linear_top1": 0.5}, tmp_path) is None  # no run recorded
