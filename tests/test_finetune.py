@@ -25,14 +25,15 @@ def _step(model, x, y, steps=2):
         opt.step()
 
 
-def test_finetuning_changes_every_backbone_parameter_and_probe_none():
+@pytest.mark.parametrize("optimizer", ["sgd", "lars"])  # LARS without weight decay: SimCLR's fine-tuning
+def test_finetuning_changes_every_backbone_parameter_and_probe_none(optimizer):
     torch.manual_seed(0)
     x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 3, (8,))
     for cls in (FineTuner, LinearProbe):
         net = build_backbone("timm:test_resnet", cifar_stem=True)
         before = {n: p.detach().clone() for n, p in net.named_parameters()}
         running = [m.running_mean.clone() for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-        model = cls(net, num_classes=3, batch_size=8, optim=OptimSettings(weight_decay=0.0))
+        model = cls(net, num_classes=3, batch_size=8, optim=OptimSettings(name=optimizer, weight_decay=0.0))
         _step(model, x, y)
         changed = [not torch.equal(before[n], p) for n, p in net.named_parameters()]
         assert all(changed) if cls is FineTuner else not any(changed)
@@ -85,6 +86,9 @@ def test_layer_decay_rates_per_group():
     decay = {id(p): g["weight_decay"] for g in groups for p in g["params"]}
     assert decay[id(net.conv1.weight)] == 1e-4 and decay[id(net.bn1.weight)] == 0.0
     assert len(rate) == sum(1 for _ in model.parameters() if _.requires_grad)  # every parameter once
+    adapt = {id(p): g.get("always_adapt", False) for g in groups for p in g["params"]}
+    # LARS's trust ratio: the backbone's weights, not BN, biases or the head (SimCLR's LARS exclusions)
+    assert adapt[id(net.conv1.weight)] and not adapt[id(net.bn1.weight)] and not adapt[id(model.classifier[1].weight)]
 
 
 def test_simclr_finetune_protocol_is_the_official_command():
