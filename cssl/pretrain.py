@@ -249,6 +249,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
         ),
         RNGState(),
         MetricStates(),
+        loggers.RecordRun(),  # the W&B run id in the checkpoints: evaluations write eval/... keys into that run
         throughput,
         maps,
         SkippedImages(),

@@ -1,5 +1,6 @@
 """Linear evaluation: a frozen backbone and a trained linear classifier, validated every
-``check_val_every_n_epoch`` epochs; the accuracies of the last and of the best validated epoch."""
+``check_val_every_n_epoch`` epochs; the accuracies of the last and of the best validated epoch. The
+:class:`Classifier` base is shared with fine-tuning (:mod:`cssl.eval.finetune`)."""
 
 from __future__ import annotations
 
@@ -49,22 +50,21 @@ def last_and_best(history: list[EpochResult]) -> dict[str, float | int]:
     }
 
 
-class LinearProbe(pl.LightningModule):
-    """Linear classifier on frozen features.
+class Classifier(pl.LightningModule):
+    """A backbone and a linear classifier on its pooled features, trained with cross-entropy and validated on
+    held-out data; what the linear probe and fine-tuning share (subclasses say what trains).
 
-    Every validation batch is held-out data (the data module's ``val_bank`` is off in linear evaluation).
+    Every validation batch is held-out data (the data module's ``val_bank`` is off in these evaluations).
 
     Args:
-        backbone: pretrained encoder; its weights are frozen.
+        backbone: the encoder (``num_features`` attribute).
         num_classes: C.
         batch_size: images per step on one device (learning-rate scaling).
-        optim: optimiser and schedule of the classifier.
+        optim: optimiser and schedule; ``optim.lr`` is the classifier's rate.
         feature_norm: put an affine-free BatchNorm before the classifier (it folds into the linear map;
             it makes one learning rate work across backbones).
-        backbone_bn: ``eval``: BN keeps the pretraining statistics while training the classifier (MoCo,
-            AdCo); ``train``: BN in train mode during training (batch statistics, running statistics
-            re-estimated; DCL/HCL linear.py's ``net.train()``), eval mode when validating.
-        init_std: classifier weights ~ N(0, init_std) and bias 0 (MoCo/AdCo: 0.01); None: PyTorch's default.
+        init_std: classifier weights ~ N(0, init_std) and bias 0 (MoCo/AdCo: 0.01; 0: all zeros, SimCLR's
+            ``zero_init_logits_layer``); None: PyTorch's default.
     """
 
     def __init__(
@@ -75,34 +75,28 @@ class LinearProbe(pl.LightningModule):
         batch_size: int,
         optim: OptimSettings,
         feature_norm: bool = True,
-        backbone_bn: str = "eval",
         init_std: float | None = None,
     ) -> None:
         super().__init__()
-        check_probe_options(backbone_bn, init_std)
-        self.backbone = backbone.requires_grad_(False).eval()
-        self.batch_size, self.optim, self.backbone_bn = batch_size, optim, backbone_bn
+        check_probe_options("eval", init_std)
+        self.backbone = backbone
+        self.batch_size, self.optim = batch_size, optim
         dim = backbone.num_features
         norm: nn.Module = nn.BatchNorm1d(dim, affine=False) if feature_norm else nn.Identity()
         linear = nn.Linear(dim, num_classes)
         if init_std is not None:
-            nn.init.normal_(linear.weight, std=float(init_std))
+            nn.init.normal_(linear.weight, std=float(init_std)) if init_std > 0 else nn.init.zeros_(linear.weight)
             nn.init.zeros_(linear.bias)
         self.classifier = nn.Sequential(norm, linear)
         self.top1 = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
         self.top5 = MulticlassAccuracy(num_classes, top_k=min(5, num_classes), average="micro", ignore_index=-1)
         self.history: list[EpochResult] = []
 
-    def train(self, mode: bool = True) -> LinearProbe:
-        super().train(mode)
-        # frozen weights; with backbone_bn=eval BN also keeps its pretraining statistics
-        self.backbone.train(mode and self.backbone_bn == "train")
-        return self
+    def features(self, x: Tensor) -> Tensor:
+        return self.backbone(x)
 
     def forward(self, x: Tensor) -> Tensor:
-        with torch.no_grad():
-            feats = self.backbone(x)
-        return self.classifier(feats.float())
+        return self.classifier(self.features(x).float())
 
     def training_step(self, batch: tuple[Tensor, Tensor], batch_idx: int) -> Tensor:
         x, y = batch
@@ -126,16 +120,48 @@ class LinearProbe(pl.LightningModule):
         epoch = self.current_epoch + 1 if fitting else self.current_epoch  # epochs of training behind it
         self.history.append(EpochResult(epoch, int(self.global_step), float(top1), float(top5)))
 
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """The parameter groups to train at peak rate ``lr`` (the classifier's; a group may carry its own)."""
+        return [
+            {**g, "lr": lr}
+            for g in param_groups([self.classifier], self.optim.weight_decay, self.optim.exclude_bias_norm)
+        ]
+
     def configure_optimizers(self) -> dict[str, Any]:
         lr = self.optim.peak_lr(global_batch(self.trainer, self.batch_size))
-        groups = param_groups([self.classifier], self.optim.weight_decay, self.optim.exclude_bias_norm)
-        return configure_schedule(self.trainer, build_optimizer(groups, self.optim, lr), self.optim)
+        return configure_schedule(self.trainer, build_optimizer(self.optimizer_groups(lr), self.optim, lr), self.optim)
+
+
+class LinearProbe(Classifier):
+    """Linear classifier on frozen features.
+
+    Args:
+        backbone_bn: ``eval``: BN keeps the pretraining statistics while training the classifier (MoCo,
+            AdCo); ``train``: BN in train mode during training (batch statistics, running statistics
+            re-estimated; DCL/HCL linear.py's ``net.train()``), eval mode when validating.
+        **kwargs: those of :class:`Classifier`.
+    """
+
+    def __init__(self, backbone: nn.Module, *, backbone_bn: str = "eval", **kwargs: Any) -> None:
+        check_probe_options(backbone_bn, kwargs.get("init_std"))
+        super().__init__(backbone.requires_grad_(False).eval(), **kwargs)
+        self.backbone_bn = backbone_bn
+
+    def train(self, mode: bool = True) -> LinearProbe:
+        super().train(mode)
+        # frozen weights; with backbone_bn=eval BN also keeps its pretraining statistics
+        self.backbone.train(mode and self.backbone_bn == "train")
+        return self
+
+    def features(self, x: Tensor) -> Tensor:
+        with torch.no_grad():
+            return self.backbone(x)
 
 
 def check_probe_options(backbone_bn: Any, init_std: Any) -> None:
     """One-line errors for the probe's options (called before any work)."""
     check(backbone_bn in BACKBONE_BN, f"backbone_bn must be one of {', '.join(BACKBONE_BN)}, got {backbone_bn!r}")
     check(
-        init_std is None or (is_number(init_std) and init_std > 0),
-        f"init_std must be null or > 0, got {init_std!r}",
+        init_std is None or (is_number(init_std) and init_std >= 0),
+        f"init_std must be null or >= 0 (0: zeros), got {init_std!r}",
     )

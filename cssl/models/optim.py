@@ -34,7 +34,8 @@ class OptimSettings:
         momentum: SGD/LARS momentum.
         betas: Adam betas.
         warmup_epochs: linear warm-up length (fractional epochs allowed), then cosine to ``min_lr_ratio * lr``.
-        scale_lr: scale the rate linearly with the global batch size.
+        scale_lr: scale the rate with the global batch size: ``true`` (or ``linear``) lr * batch / 256, ``sqrt``
+            lr * sqrt(batch) (SimCLR's ``learning_rate_scaling=sqrt``, model_util.py:66-67), ``false`` none.
         exclude_bias_norm: see ``weight_decay``.
         min_lr_ratio: final rate of the cosine as a fraction of the peak rate.
         schedule: ``cosine`` (after the warm-up, half-cosine to ``min_lr_ratio``) or ``steps`` (the rate times
@@ -54,7 +55,7 @@ class OptimSettings:
     momentum: float = 0.9
     betas: tuple[float, float] = (0.9, 0.999)
     warmup_epochs: float = 0.0
-    scale_lr: bool = True
+    scale_lr: bool | str = True
     exclude_bias_norm: bool = True
     min_lr_ratio: float = 0.0
     schedule: str = "cosine"
@@ -92,10 +93,16 @@ class OptimSettings:
         )
         object.__setattr__(self, "milestones", tuple(float(m) for m in milestones))
         check(is_number(self.gamma) and 0 < self.gamma <= 1, f"optimizer.gamma must be in (0, 1], got {self.gamma!r}")
+        check(
+            self.scale_lr in (True, False, "linear", "sqrt"),
+            f"optimizer.scale_lr must be true, false, linear or sqrt, got {self.scale_lr!r}",
+        )
         check_positive("optimizer.lars_eta", self.lars_eta)
         check(isinstance(self.lars_clip, bool), f"optimizer.lars_clip must be true or false, got {self.lars_clip!r}")
 
     def peak_lr(self, global_batch: int) -> float:
+        if self.scale_lr == "sqrt":
+            return self.lr * math.sqrt(global_batch)
         return self.lr * global_batch / 256 if self.scale_lr else self.lr
 
 

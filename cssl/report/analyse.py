@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from cssl.core.errors import ConfigError
-from cssl.report.load import Run, as_number, join_linear
+from cssl.report.load import Run, as_number, eval_columns, is_random_init, join_linear
 
 #: Column order of the known metrics; other metrics follow in name order, then the timing columns.
 LEADING = (
@@ -160,10 +160,12 @@ def build_report(runs: Sequence[Run]) -> Report:
     pretrain = [r for r in runs if not r.is_linear_eval]
     if not pretrain:
         raise ConfigError("no pretraining runs found (only evaluations): pass the pretraining run dirs too")
-    linear = join_linear(pretrain, [r for r in runs if r.is_linear_eval])
+    evaluations = [r for r in runs if r.is_linear_eval]
+    linear = join_linear(pretrain, evaluations)
+    random_rows = random_init_rows([r for r in evaluations if is_random_init(r)])
     varied = varied_keys(pretrain)
     plotted = independent_keys(pretrain, varied)
-    columns = metric_columns(pretrain)
+    columns = metric_columns(pretrain, [c for row in random_rows for c in row.stats])
     groups: dict[tuple[Any, ...], list[Run]] = {}
     for run in pretrain:
         groups.setdefault(config_key(run, varied), []).append(run)
@@ -174,7 +176,29 @@ def build_report(runs: Sequence[Run]) -> Report:
         rows.append(Row(values, sorted(members, key=lambda r: str(r.seed)), stats))
     order = plotted + [k for k in varied if k not in plotted]
     rows.sort(key=lambda row: [sort_value(row.values[k]) for k in order])
-    return Report(varied=varied, plotted=plotted, columns=columns, rows=rows, runs=pretrain, linear_runs=linear)
+    report = Report(varied=varied, plotted=plotted, columns=columns, rows=rows, runs=pretrain, linear_runs=linear)
+    report.baselines += random_rows
+    return report
+
+
+def random_init_rows(evaluations: Sequence[Run]) -> list[Row]:
+    """Baseline rows of fine-tuning from a random initialisation (``linear_eval.py init=random``), one per
+    backbone, dataset and protocol, mean and std over seeds, in the columns of the pretrained fine-tuning
+    (``finetune_top1_frac0.01``, ...), so that each column shows what pretraining buys."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for ev in evaluations:
+        s = ev.summary
+        key = (str(s.get("backbone")), str(s.get("data")), str(s.get("protocol")))
+        groups.setdefault(key, []).append(Run(path=ev.path, config={}, summary={"seed": s.get("seed")},
+                                              metrics=eval_columns(s)))  # fmt: skip
+    several = len({k[1:] for k in groups}) > 1
+    rows = []
+    for (backbone, data, protocol), members in sorted(groups.items()):
+        label = f"random-init fine-tuning {backbone}" + (f" ({data}, protocol {protocol})" if several else "")
+        names = sorted({n for m in members for n in m.metrics})
+        stats = {c: st for c in names if (st := metric_stats(members, c)) is not None}
+        rows.append(Row({"baseline": label}, members, stats))
+    return rows
 
 
 # -- baselines ------------------------------------------------------------------------------------------
@@ -219,7 +243,7 @@ def add_baselines(report: Report, cache: Path | None) -> int:
         report.baselines.append(Row({"baseline": label}, members, stats))
     report.baselines.sort(key=lambda row: (not row.values["baseline"].startswith("random"), row.values["baseline"]))
     if report.baselines:  # a baseline's linear accuracy is shown even when no run has a linear evaluation
-        report.columns = metric_columns(report.runs, BASELINE_METRICS)
+        report.columns = metric_columns(report.runs, [*BASELINE_METRICS, *report.columns])
     return baselines.COMPUTED["count"] - before
 
 
@@ -253,6 +277,7 @@ def table_columns(report: Report, *, columns: Sequence[str] | None = None, every
             )
         return list(columns)
     wanted = list(DEFAULT_COLUMNS)
+    wanted += [c for c in report.columns if c.startswith(("linear_top1_", "finetune_top1")) and "best" not in c]
     present = {family(run) for run in report.runs}
     for name, diagnostics in FAMILY_COLUMNS.items():  # a fixed order, whatever the order of the runs
         if name in present:

@@ -250,24 +250,39 @@ def _same_dir(owner: Path, alias: str) -> bool:
     return False
 
 
+def eval_columns(summary: dict[str, Any]) -> dict[str, float]:
+    """The report's columns of one evaluation: ``linear_top1``/``linear_top5``/``linear_top1_best``,
+    ``finetune_...`` likewise, ``eval_knn_top1``/``eval_knn_top5``; a label subset appends its tag, as the
+    ``eval/...`` W&B keys do (``finetune_top1_frac0.01``)."""
+    mode = str(summary.get("mode", "linear"))
+    tag = (summary.get("subset") or {}).get("tag") if isinstance(summary.get("subset"), dict) else None
+    name, suffix = ("eval_knn" if mode == "knn" else mode), (f"_{tag}" if tag else "")
+    keys = ("top1", "top5") if mode == "knn" else ("top1", "top5", "top1_best")
+    return {f"{name}_{k}{suffix}": v for k in keys if (v := as_number(summary.get(k))) is not None}
+
+
+def is_random_init(run: Run) -> bool:
+    """An evaluation that fine-tuned from a random initialisation (a baseline row, not joined to a run)."""
+    return run.summary.get("init") == "random"
+
+
 def join_linear(pretrain: list[Run], evaluations: list[Run]) -> int:
-    """Give each pretraining run ``linear_top1``/``linear_top5`` (or ``eval_knn_*``) of the evaluations of
-    its checkpoints (mean over several); returns how many evaluations were joined."""
+    """Give each pretraining run the accuracies of the evaluations of its checkpoints (:func:`eval_columns`,
+    mean over several); returns how many evaluations were joined. Random-init fine-tuning is left out (its
+    rows are baselines)."""
     joined = 0
     results: dict[int, dict[str, list[float]]] = {}
     for ev in evaluations:
+        if is_random_init(ev):
+            continue
         owner = _owner(str(ev.summary.get("checkpoint", "")))
         match = next((i for i, run in enumerate(pretrain) if any(_same_dir(owner, a) for a in run.aliases)), None)
         if match is None:
             print(f"warning: {ev.path}: evaluated checkpoint {owner} is not among the runs; ignored", file=sys.stderr)
             continue
         joined += 1
-        prefix = "linear" if ev.summary.get("mode", "linear") == "linear" else "eval_knn"
-        for k in ("top1", "top5"):
-            if (value := as_number(ev.summary.get(k))) is not None:
-                results.setdefault(match, {}).setdefault(f"{prefix}_{k}", []).append(value)
-        if prefix == "linear" and (value := as_number(ev.summary.get("top1_best"))) is not None:
-            results.setdefault(match, {}).setdefault("linear_top1_best", []).append(value)
+        for name, value in eval_columns(ev.summary).items():
+            results.setdefault(match, {}).setdefault(name, []).append(value)
     for i, values in results.items():
         pretrain[i].metrics.update({k: statistics.fmean(v) for k, v in values.items()})
     return joined

@@ -130,16 +130,27 @@ def pretrain_end(summary: Mapping[str, Any], logged: str | None, next_command: s
 def linear_eval_end(
     summary: Mapping[str, Any], run_dir: Path, logged: str | None, next_command: str | None
 ) -> list[str]:
-    """The closing lines of a linear (or kNN) evaluation."""
+    """The closing lines of a linear, fine-tuning or kNN evaluation."""
     of = f"{summary.get('method')} {summary.get('backbone')} on {summary['data']}"
+    if summary.get("init") == "random":
+        of = f"{summary.get('backbone')} from a random initialisation on {summary['data']}"
+    subset = summary.get("subset")
+    if subset:
+        of += f", {subset['images']} of {subset['of']} labelled images ({subset['tag']})"
     if summary["mode"] == "knn":
+        cell = f" (k {summary['k']}, t {summary['t']:g})" if "k" in summary else ""
         lines = [
             f"done: kNN evaluation of {of} in {duration(summary['wall_seconds'])}",
-            f"  top-1 {fraction(summary['top1'])}   top-5 {fraction(summary['top5'])}",
+            f"  top-1 {fraction(summary['top1'])}   top-5 {fraction(summary['top5'])}{cell}",
         ]
+        grid = summary.get("grid") or {}
+        if len(grid) > 1:
+            best = summary["best"]
+            lines.append(f"  grid of {len(grid)} (k, t): best top-1 {fraction(best['top1'])} at {best['cell']}")
     else:
+        kind = "fine-tuning" if summary["mode"] == "finetune" else "linear evaluation"
         lines = [
-            f"done: linear evaluation (protocol {summary['protocol']}) of {of}, {count(summary['epochs'], 'epoch')} in "
+            f"done: {kind} (protocol {summary['protocol']}) of {of}, {count(summary['epochs'], 'epoch')} in "
             f"{duration(summary['wall_seconds'])}",
             f"  top-1 {fraction(summary['top1_last'])} (last epoch), best {fraction(summary['top1_best'])} "
             f"(epoch {summary['best_epoch']})   top-5 {fraction(summary['top5_last'])}",

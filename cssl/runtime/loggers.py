@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
 import torch
 from pytorch_lightning.loggers import CSVLogger, Logger, WandbLogger
 from pytorch_lightning.utilities import rank_zero_only
@@ -292,3 +293,81 @@ def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_valu
         },
         step=step,
     )
+
+
+def run_record(loggers: list[Logger]) -> dict[str, Any] | None:
+    """The W&B run of a training (id, project, entity, mode and its local folder) for the checkpoint, so that
+    evaluations can write their results into it (:func:`write_eval_summary`); None without W&B."""
+    for logger in loggers:
+        if isinstance(logger, SafeWandbLogger) and not logger._broken:
+            run = logger.experiment
+            if logger._broken or not getattr(run, "id", None):
+                return None
+            return {
+                "id": str(run.id),
+                "project": getattr(run, "project", None) or logger._wandb_init.get("project"),
+                "entity": getattr(run, "entity", None) or logger._wandb_init.get("entity"),
+                "mode": "offline" if logger._offline else "online",
+                "dir": str(Path(run.dir).parent),
+            }
+    return None
+
+
+class RecordRun(pl.Callback):
+    """Puts :func:`run_record` into the method's checkpoint metadata (``meta["wandb"]``) when training starts."""
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if rank_zero_only.rank != 0 or not isinstance(getattr(pl_module, "meta", None), dict):
+            return
+        try:
+            record = run_record(trainer.loggers)
+        except Exception as err:  # noqa: BLE001 - logging must never kill training
+            _warn(f"warning: the W&B run id is not recorded in the checkpoints ({type(err).__name__}: {err})")
+            return
+        if record is not None:
+            pl_module.meta["wandb"] = record
+
+
+def write_eval_summary(record: Any, metrics: dict[str, float], run_dir: Path) -> str | None:
+    """Write ``metrics`` (``eval/...`` keys) into the summary of the W&B run ``record`` names (a training's
+    run, from its checkpoint). Online: W&B's resume of that run id. Offline (the training was offline, or
+    there is no network or key now): an offline run with the same id under ``run_dir/wandb``, so that
+    ``wandb sync`` of both folders updates one run. Returns a line for the terminal; a failure is one warning
+    and None, never an error."""
+    if rank_zero_only.rank != 0 or not metrics or not isinstance(record, dict) or not record.get("id"):
+        return None
+    try:
+        mode = "offline" if record.get("mode") == "offline" else wandb_mode("auto")
+        if mode == "disabled":
+            return None
+        import wandb
+
+        from cssl.runtime.console import shown
+
+        os.environ.setdefault("WANDB_SILENT", "true")
+        _finish_previous_run()
+        run = wandb.init(
+            id=str(record["id"]),
+            project=record.get("project") or "cssl",
+            entity=record.get("entity") or None,
+            resume="allow",
+            mode=mode,
+            dir=str(run_dir),
+            settings=_wandb_settings(),
+        )
+        run.summary.update(dict(metrics))
+        folder = Path(run.dir).parent
+        url = getattr(run, "url", None)
+        run.finish()
+        wandb.teardown()  # finish() returns before W&B's service has written the run's records; this waits for it
+    except Exception as err:  # noqa: BLE001 - logging must never kill an evaluation
+        fault = storage.find_os_error(err)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = storage.describe(Path(fault.filename or run_dir), fault) if fault is not None else first
+        _warn(f"warning: the results were not written to the training's W&B run {record.get('id')} ({reason})")
+        return None
+    if mode == "offline":
+        training = record.get("dir")
+        both = f"{shown(Path(training))} {shown(folder)}" if training else shown(folder)
+        return f"W&B: {len(metrics)} eval/ keys for run {record['id']} (offline); upload both with: wandb sync {both}"
+    return f"W&B: {len(metrics)} eval/ keys written to {url or record['id']}"

@@ -40,12 +40,23 @@ def plain(cfg: DictConfig) -> dict[str, Any]:
     return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
 
 
+#: data.* keys that are no data-module arguments: the augmentation (the caller's view plan) and the label
+#: subset of linear_eval.py (cssl.eval.subsets)
+NOT_DATA_OPTIONS = (
+    "name",
+    "augment",
+    "augment_per_view",
+    "multicrop",
+    "label_fraction",
+    "labels_per_class",
+    "label_subset",
+)
+
+
 def build_data(cfg: DictConfig, *, train_split: str, views: ViewPlan | None = None, **extra: Any) -> ImageDataModule:
     """The data module of ``cfg.data`` with the training ``views`` (the caller's plan: the augmentation keys
     of ``cfg.data`` are read there) and ``extra`` constructor options (``val_views``, ``val_bank``, ...)."""
-    options = {
-        k: v for k, v in plain(cfg.data).items() if k not in ("name", "augment", "augment_per_view", "multicrop")
-    }
+    options = {k: v for k, v in plain(cfg.data).items() if k not in NOT_DATA_OPTIONS}
     accelerator = str(cfg.trainer.get("accelerator", "auto"))
     options["pin_memory"] = accelerator not in ("cpu",) and torch.cuda.is_available()
     seed = int(cfg.get("seed") or 0)  # the training order: a function of (seed, epoch, rank)
