@@ -114,7 +114,8 @@ def view_payload(data: bytes, views: Sequence[ViewSpec], decode: str, generator:
     header = Image.open(io.BytesIO(data))  # reads the header only
     width, height = header.size
     boxes = torch.tensor(sample_boxes(height, width, views, generator), dtype=torch.long)  # (V, 4)
-    return {"data": data, "boxes": boxes, "device_jpeg": header.format == "JPEG" and header.mode == "RGB"}
+    device_jpeg = header.format == "JPEG" and header.mode == "RGB"
+    return {"data": bytes(data), "boxes": boxes, "device_jpeg": device_jpeg}
 
 
 @functools.cache
@@ -317,8 +318,19 @@ class ShardDataModule(ImageFolderDataModule):
             train, held_ids = held_out(self.count, self.val_fraction)
             val = self._images(self.url, held_ids)
         labelled = [i for i in train if labels[i] >= 0] if labels else []
+        self.online_probe = bool(labelled)
+        if not classes:  # no labels: kNN monitor and probe off; the held-out records give the label-free metrics
+            self.val_views = True
         self.indices = {"pretrain": train, "labelled": labelled}
         return {"pretrain": self._images(self.url, train), "labelled": self._images(self.url, labelled), "val": val}
+
+    def val_dataloader(self) -> Any:
+        if self.num_classes == 0:  # no labels: the held-out records only (label-free metrics)
+            return [self._loader(self.sets["val"], train=False)]
+        return super().val_dataloader()
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        return super().on_after_batch_transfer(batch, 1 if self.num_classes == 0 else dataloader_idx)
 
     def _views_set(self, train: Any) -> Dataset:
         return self.sets["pretrain"] if self.sets else train  # the training stream is made by train_dataloader
