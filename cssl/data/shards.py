@@ -176,6 +176,28 @@ def _streaming_views_class() -> type:
     return ShardViews
 
 
+@functools.cache
+def _loader_class() -> type:
+    from litdata import StreamingDataLoader
+
+    class ShardLoader(StreamingDataLoader):
+        """LitData's loader whose restored state serves the first pass only.
+
+        LitData keeps replaying a loaded state until a pass runs to its end; a pass that Lightning stops early
+        (``limit_train_batches``, or the last partial epoch of ``max_steps``) would then start the next epoch
+        at the restored position again (LitData's tracker: resume lost after breaking an epoch early)."""
+
+        passes = 0
+
+        def __iter__(self) -> Any:
+            if self.passes:
+                self.restore = False
+            self.passes += 1
+            yield from super().__iter__()
+
+    return ShardLoader
+
+
 def __getattr__(name: str) -> Any:
     if name == "ShardViews":
         return _streaming_views_class()
@@ -357,17 +379,16 @@ class ShardDataModule(ImageFolderDataModule):
         return dataset if len(indices) == self.count else dataset.subset(indices)
 
     def train_dataloader(self) -> Any:
-        from litdata import StreamingDataLoader
-
         if self.views is None:  # uint8 images, augmented on the device
             return super().train_dataloader()
         self._check_batch_size()
-        loader = StreamingDataLoader(
+        loader = _loader_class()(
             self.stream(),
             batch_size=self.batch_size,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             drop_last=True,
+            generator=torch.Generator().manual_seed(self.seed),  # worker seeds; the global stream stays untouched
         )
         position = self._resume_position
         if position.get("loader"):  # mid-epoch: LitData's loader state at the saved batch
