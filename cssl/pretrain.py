@@ -198,6 +198,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.check()  # a missing dataset fails here, before any model is built
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
+    model.online_probe = model.online_probe and getattr(data, "online_probe", True)  # labels only held out: off
     apply_speed_options(cfg, model)
     resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
 
@@ -287,6 +288,8 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     }
     run.write_summary(run_dir, summary)
     next_command = console.linear_eval_command(run.plain(cfg.data), run_dir, CONFIGS)
+    if data.num_classes == 0:  # unlabelled images: linear evaluation needs a few labels first
+        next_command = f"label some images to evaluate: {next_command} data.eval_root=CLASS_FOLDERS"
     run.say(console.pretrain_end(summary, loggers.where_logged(trainer.loggers), next_command))
     return summary
 

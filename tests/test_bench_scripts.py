@@ -57,3 +57,14 @@ def test_guards_bench_quick(capsys, tmp_path):
     (row,) = [line.split() for line in out.splitlines() if line.startswith("simclr   ")][:1]
     assert row[1] == "0" and 0 <= float(row[2]) <= 1 and 0 <= float(row[3]) <= 1
     assert "margin in use" in out
+
+
+def test_index_bench_quick(capsys, tmp_path):
+    out = run_quick("index", capsys, "--dir", str(tmp_path))
+    rows = {
+        line.split()[0]: line.split("(made")[0].split()[-6:]  # os.walk, ImageFolder, cold, warm, read, index MB
+        for line in out.splitlines()
+        if line.startswith(("nested", "flat"))
+    }
+    assert set(rows) == {"nested", "flat"}
+    assert all(float(v) >= 0 for row in rows.values() for v in row)

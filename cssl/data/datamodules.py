@@ -18,14 +18,16 @@ from typing import Any
 import numpy as np
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 
 from cssl.core.errors import ConfigError, check, check_int, is_int, is_number
 from cssl.data.augment import EvalTransform
 from cssl.data.digits import digits_split
-from cssl.data.folder import CheckedImageFolder, FolderViews, replace_bad
+from cssl.data.folder import CheckedImageFolder, FolderViews, ImageList, replace_bad
 from cssl.data.lab import lab_options, load_or_generate
+from cssl.data.listing import LABELS, Listing, build_index, check_request, list_images, read_index, say
 from cssl.data.plan import ViewPlan
 from cssl.data.resumable import resumed_sampler, train_position
 from cssl.data.views import ViewSpec, decode_on_device
@@ -513,8 +515,9 @@ class STL10DataModule(TorchvisionDataModule):
         return sets
 
 
-class ImageFolderDataModule(ImageDataModule):
-    """Any class-per-folder tree (ImageNet, ImageNet-100, ...) with separate train and val roots.
+class FolderDataModule(ImageDataModule):
+    """Your own images: a folder at any depth (``root``) or a file list (``files``), labels optional
+    (:mod:`cssl.data.listing` says what is listed, skipped and cached).
 
     Pretraining and linear-probe training (after :meth:`cut_views`): every view's random resized crop is
     taken from the original image on the loader workers (``decode="cpu"``) or on the device
@@ -522,8 +525,24 @@ class ImageFolderDataModule(ImageDataModule):
     (:mod:`cssl.data.views`). Evaluation and the kNN bank: images resized (shorter side) and centre-cropped
     to ``load_size`` so that they collate (then centre-cropped to ``image_size`` on the device).
 
+    Held-out images and monitors:
+
+    - ``eval_root`` (class folders) or ``eval_files`` (a list with labels) is the held-out set. When the
+      training images carry labels, the kNN bank is the labelled training images and the online probe learns
+      from them; when they do not, the held-out set is split in two (seeded, half and half): the kNN bank and
+      the queries; the online probe is then off (``val/online_top1`` is not logged).
+    - Without one, a seeded slice of ``val_fraction`` of the training images (of the labelled ones when there
+      are labels) is held out of pretraining and is the validation set.
+    - Without labels anywhere, ``num_classes`` is 0: the kNN monitor and the online probe are off, and
+      validation logs the label-free ``val/uniformity``, ``val/alignment``, ``val/effective_negatives`` and
+      ``val/pair_loss`` on the held-out slice.
+
     Args:
-        train_dir, val_dir: folders under ``root`` (or absolute paths).
+        root: a folder of images (any depth); or ``files``: a text or CSV list of images.
+        labels: ``none``, ``folders`` (first-level subfolders) or ``list`` (the list's label column).
+        index: where a folder's listing is cached: ``auto``, ``rebuild``, ``off`` or a file path.
+        eval_root, eval_files: the labelled held-out set (class folders; or a list with labels).
+        val_fraction: the share held out of pretraining when there is no held-out set.
         load_size: side of the decoded evaluation images; default ``image_size * 8 / 7`` (256 for 224).
         decode: where pretraining views are decoded and cut: ``"cpu"`` (loader workers) or ``"gpu"``
             (``torchvision.io.decode_jpeg`` on the training device, CPU fallback per refused file).
@@ -531,40 +550,246 @@ class ImageFolderDataModule(ImageDataModule):
             false makes it an error naming the file.
     """
 
-    name = "imagefolder"
+    name = "folder"
     native_size = 224
     center_crop_eval = True
+    split_seed = 0  # of the held-out slices: the same images whatever the run's seed
 
     def __init__(
         self,
         *,
-        train_dir: str = "train",
-        val_dir: str = "val",
+        root: str | None = None,
+        files: str | None = None,
+        labels: str = "none",
+        index: str = "auto",
+        eval_root: str | None = None,
+        eval_files: str | None = None,
+        val_fraction: float = 0.05,
         load_size: int | None = None,
         decode: str = "cpu",
         skip_bad_images: bool = True,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(root="." if root is None else root, **kwargs)
         check(decode in ("cpu", "gpu"), f"data.decode must be cpu or gpu, got {decode!r}")
         check(isinstance(skip_bad_images, bool), f"data.skip_bad_images must be true or false, got {skip_bad_images!r}")
+        check(labels in LABELS, f"data.labels must be one of {', '.join(LABELS)}, got {labels!r}")
+        check(isinstance(index, str) and index != "", f"data.index must be auto, rebuild, off or a path, got {index!r}")
+        check(
+            is_number(val_fraction) and 0 < val_fraction < 1,
+            f"data.val_fraction must be a number in (0, 1), got {val_fraction!r}",
+        )
+        check(eval_root is None or eval_files is None, "data: give at most one of data.eval_root and data.eval_files")
+        self.source = None if root is None else os.path.abspath(os.path.expanduser(str(root)))
+        self.files = None if files is None else os.path.expanduser(str(files))
+        self.labels, self.index, self.val_fraction = labels, index, float(val_fraction)
+        self.eval_root = None if eval_root is None else os.path.abspath(os.path.expanduser(str(eval_root)))
+        self.eval_files = None if eval_files is None else os.path.expanduser(str(eval_files))
         self.decode, self.skip_bad_images = decode, skip_bad_images
         self.views: list[ViewSpec] | None = None  # set by cut_views
         self.view_augment: Any = None
         self.skipped_images: Tensor | None = None  # unreadable files replaced in the last training batch
-        self.train_dir = self.root / train_dir
-        self.val_dir = self.root / val_dir
+        self.online_probe = True  # whether the training images carry the labels of the held-out set
+        self.listing: Listing | None = None  # of the training images, once listed
         check(
             load_size is None or (is_int(load_size) and load_size >= self.image_size),
             f"data.load_size must be null or an integer >= data.image_size={self.image_size}, got {load_size!r}",
         )
         self.load_size = load_size or round(self.image_size * 8 / 7)
         self.num_classes = 0
+        self._pretrain_base: Any = None  # the set whose samples the views are cut from
         if self.views_plan is not None:  # the training views are cut from the original images on the workers
             plan = self.views_plan
             self.cut_views(
                 plan.specs(self.image_size), plan.transform(self.image_size, self.mean, self.std, crop=False)
             )
+
+    # -- listing: made once (prepare_data, the first process of a node), read by the others --------------
+    def _first_process(self) -> bool:
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None:
+            return int(getattr(trainer, "local_rank", 0) or 0) == 0
+        return int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")) or 0) == 0
+
+    def prepare_data(self) -> None:
+        for root in (self.source if self.files is None else None, self.eval_root):
+            if root is not None and os.path.isdir(root) and self.index != "off":
+                build_index(root, self.index)
+
+    def _list(self, *, root: str | None, files: str | None, labels: str, index: str) -> Listing:
+        if files is not None or index == "off" or self._first_process():
+            return list_images(root=root, files=files, labels=labels, index=index)
+        check_request(root, files, labels)
+        listing = read_index(root=str(root), labels=labels, index=index, wait_s=600.0)
+        if listing is None:  # the first process could write no index
+            say(f"no index of {root} to read; listing it in this process too")
+            return list_images(root=root, labels=labels, index="off")
+        return listing
+
+    def _eval_listing(self) -> Listing | None:
+        if self.eval_root is None and self.eval_files is None:
+            return None
+        key = "data.eval_root" if self.eval_root is not None else "data.eval_files"
+        listing = self._list(
+            root=self.eval_root,
+            files=self.eval_files,
+            labels="folders" if self.eval_root is not None else "list",
+            index=self.index if self.index in ("auto", "rebuild", "off") else "auto",
+        )
+        check(
+            len(listing.classes) >= 2 and listing.labelled,
+            f"{key}: {listing.source} has {len(listing.classes)} labelled classes; the held-out set needs labels "
+            "of at least 2 classes (class folders, or a list with a label column)",
+        )
+        return listing
+
+    def _images(self, samples: list[tuple[str, int]], classes: list[str], source: str) -> ImageList:
+        from torchvision import transforms as T
+
+        tf = T.Compose([T.Resize(self.load_size), T.CenterCrop(self.load_size), T.PILToTensor()])
+        return ImageList(samples, transform=tf, classes=classes, skip_bad_images=self.skip_bad_images, source=source)
+
+    def _held_out(self, samples: list[tuple[str, int]], fraction: float) -> tuple[list, list]:
+        """(kept, held out): a seeded ``fraction`` (at least one image) of ``samples`` held out."""
+        order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(self.split_seed)).tolist()
+        n = min(len(samples) - 1, max(1, round(len(samples) * fraction)))
+        out = set(order[:n])
+        return [s for i, s in enumerate(samples) if i not in out], [s for i, s in enumerate(samples) if i in out]
+
+    def load(self) -> dict[str, Dataset]:
+        train = self._list(root=self.source, files=self.files, labels=self.labels, index=self.index)
+        self.listing = train
+        held = self._eval_listing()
+        lines = [train.summary()]
+        if len(train.classes) == 1:
+            raise ConfigError(f"data.labels={self.labels}: {train.source} gives one class only; use data.labels=none")
+        labelled = train.labelled if len(train.classes) >= 2 else []
+        pretrain = train.samples
+        if held is not None and labelled:
+            names = set(train.classes)
+            unknown = sorted({held.classes[y] for _, y in held.labelled} - names)
+            check(
+                not unknown,
+                f"data: the held-out set {held.source} has classes the training labels lack ({', '.join(unknown[:5])}); "
+                "give both the same classes",
+            )
+            to_train = {i: train.classes.index(c) for i, c in enumerate(held.classes)}
+            classes, bank = train.classes, labelled
+            val = [(p, to_train[y]) for p, y in held.labelled]
+        elif held is not None:  # labels only in the held-out set: half the kNN bank, half the queries
+            classes = held.classes
+            bank, val = self._held_out(held.labelled, 0.5)
+            self.online_probe = False
+            lines.append(f"labels only in {held.source}: kNN monitor on halves of it, online probe off")
+        elif labelled:
+            keep, val = self._held_out(labelled, self.val_fraction)
+            out = {p for p, _ in val}
+            classes, bank, pretrain = train.classes, keep, [s for s in train.samples if s[0] not in out]
+            lines.append(f"{len(val)} labelled images held out for validation (data.val_fraction)")
+        else:
+            pretrain, val = self._held_out(train.samples, self.val_fraction)
+            classes, bank = [], []
+            self.online_probe = False
+            self.val_views = True  # the label-free metrics include the alignment of view pairs
+            lines.append(
+                f"no labels: kNN monitor and online probe off; {len(val)} images held out (data.val_fraction) "
+                "for val/uniformity, val/alignment, val/effective_negatives, val/pair_loss"
+            )
+        self.num_classes = len(classes)
+        if self.train_split == "labelled" and not self.num_classes:
+            raise ConfigError(
+                f"data: {train.source} has no labels to train a linear probe on; give data.eval_root=CLASS_FOLDERS, "
+                "data.eval_files=LIST or data.labels=folders|list"
+            )
+        _say_once(lines)
+        self._pretrain_base = self._images(pretrain, classes, train.source)
+        sets: dict[str, Dataset] = {
+            "labelled": self._images(bank, classes, train.source),
+            "val": self._images(val, classes, held.source if held is not None else train.source),
+        }
+        sets["pretrain"] = self._views_set(self._pretrain_base)
+        return sets
+
+    def val_dataloader(self) -> list[DataLoader]:
+        if self.num_classes == 0:  # no labels: the held-out slice only (label-free metrics)
+            return [self._loader(self.sets["val"], train=False)]
+        return super().val_dataloader()
+
+    # -- views cut from the original images ---------------------------------------------------------------
+    def cut_views(self, views: list[ViewSpec], augment: Any) -> None:
+        """Pretrain on views cut from the original images: ``views`` (side and crop scale of each, in the
+        order of ``augment``'s views) are cut on the loader workers (or on the device with ``decode="gpu"``)
+        and ``augment`` (a :class:`MultiView` of ``ViewAugment(crop=False)``) adds the photometric part on
+        the device. ``train_transform`` then serves only the validation view pairs.
+
+        ``augment`` may also be one ``ViewAugment(crop=False)`` for a single view: batches are then one tensor
+        (B, 3, S, S), as linear-probe training (``train_split="labelled"``) takes them."""
+        count = len(augment.views) if hasattr(augment, "views") else 1
+        check(len(views) == count, f"cut_views: {len(views)} views but {count} augmentations")
+        self.views, self.view_augment = list(views), augment
+        if self.sets:
+            self.sets["pretrain"] = self._views_set(self._pretrain_base)
+
+    def _views_set(self, train: Any) -> Dataset:
+        if self.views is None or self.train_split != "pretrain":
+            return train
+        return FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.views is None or self.train_split == "pretrain":
+            return super().train_dataloader()
+        # e.g. linear-probe training on the labelled split: its crops also cut from the original images
+        self._check_batch_size()
+        train = self.sets[self.train_split]
+        views = FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
+        return self._loader(views, train=True)
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        trainer = getattr(self, "trainer", None)
+        if not (trainer is not None and trainer.training and self.views is not None and len(batch) == 3):
+            held_out = 1 if self.num_classes == 0 else dataloader_idx  # unlabelled: the only loader is held out
+            return super().on_after_batch_transfer(batch, held_out)
+        payload, y, skipped = batch  # views cut on the workers, or encoded files for the device decoder
+        if self.decode == "gpu":
+            views, bad = decode_on_device(
+                payload["data"], payload["boxes"], self.views, y.device, payload["device_jpeg"]
+            )
+            replace_bad(views, y, bad, payload["path"], self.skip_bad_images)
+            skipped = skipped + bad
+        else:
+            views = payload
+        self.skipped_images = skipped.sum()
+        if not hasattr(self.view_augment, "views"):  # a single view: one tensor (B, 3, S, S)
+            (view,) = views
+            return self.view_augment(view), y
+        return [augment(v) for augment, v in zip(self.view_augment.views, views, strict=True)], y
+
+
+@rank_zero_only
+def _say_once(lines: list[str]) -> None:
+    for line in lines:
+        say(line)
+
+
+class ImageFolderDataModule(FolderDataModule):
+    """The ImageNet layout of :class:`FolderDataModule`: ``root/train`` and ``root/val`` class-per-folder
+    trees (ImageNet, ImageNet-100, ...), labelled by their folders, checked strictly: an empty class folder,
+    a non-image file among the classes or train and val classes that differ are one-line errors.
+
+    Args:
+        train_dir, val_dir: folders under ``root`` (or absolute paths).
+        load_size, decode, skip_bad_images: as :class:`FolderDataModule`.
+    """
+
+    name = "imagefolder"
+
+    def __init__(self, *, train_dir: str = "train", val_dir: str = "val", **kwargs: Any) -> None:
+        super().__init__(labels="folders", index="off", **kwargs)
+        self.train_dir = self.root / train_dir
+        self.val_dir = self.root / val_dir
+
+    def prepare_data(self) -> None:
+        ImageDataModule.prepare_data(self)
 
     def _open(self, folder: Path) -> Dataset:
         from torchvision import transforms as T
@@ -594,54 +819,8 @@ class ImageFolderDataModule(ImageDataModule):
                 "give both the same class folders"
             )
         self.num_classes = len(train.classes)
+        self._pretrain_base = train
         return {"pretrain": self._views_set(train), "labelled": train, "val": val}
-
-    def cut_views(self, views: list[ViewSpec], augment: Any) -> None:
-        """Pretrain on views cut from the original images: ``views`` (side and crop scale of each, in the
-        order of ``augment``'s views) are cut on the loader workers (or on the device with ``decode="gpu"``)
-        and ``augment`` (a :class:`MultiView` of ``ViewAugment(crop=False)``) adds the photometric part on
-        the device. ``train_transform`` then serves only the validation view pairs.
-
-        ``augment`` may also be one ``ViewAugment(crop=False)`` for a single view: batches are then one tensor
-        (B, 3, S, S), as linear-probe training (``train_split="labelled"``) takes them."""
-        count = len(augment.views) if hasattr(augment, "views") else 1
-        check(len(views) == count, f"cut_views: {len(views)} views but {count} augmentations")
-        self.views, self.view_augment = list(views), augment
-        if self.sets:
-            self.sets["pretrain"] = self._views_set(self.sets["labelled"])
-
-    def _views_set(self, train: Any) -> Dataset:
-        if self.views is None or self.train_split != "pretrain":
-            return train
-        return FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
-
-    def train_dataloader(self) -> DataLoader:
-        if self.views is None or self.train_split == "pretrain":
-            return super().train_dataloader()
-        # e.g. linear-probe training on the labelled split: its crops also cut from the original images
-        self._check_batch_size()
-        train = self.sets[self.train_split]
-        views = FolderViews(train.samples, self.views, decode=self.decode, skip_bad_images=self.skip_bad_images)
-        return self._loader(views, train=True)
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        trainer = getattr(self, "trainer", None)
-        if not (trainer is not None and trainer.training and self.views is not None and len(batch) == 3):
-            return super().on_after_batch_transfer(batch, dataloader_idx)
-        payload, y, skipped = batch  # views cut on the workers, or encoded files for the device decoder
-        if self.decode == "gpu":
-            views, bad = decode_on_device(
-                payload["data"], payload["boxes"], self.views, y.device, payload["device_jpeg"]
-            )
-            replace_bad(views, y, bad, payload["path"], self.skip_bad_images)
-            skipped = skipped + bad
-        else:
-            views = payload
-        self.skipped_images = skipped.sum()
-        if not hasattr(self.view_augment, "views"):  # a single view: one tensor (B, 3, S, S)
-            (view,) = views
-            return self.view_augment(view), y
-        return [augment(v) for augment, v in zip(self.view_augment.views, views, strict=True)], y
 
 
 DATASETS: dict[str, type[ImageDataModule]] = {
@@ -651,6 +830,7 @@ DATASETS: dict[str, type[ImageDataModule]] = {
     "cifar100": CIFAR100DataModule,
     "stl10": STL10DataModule,
     "imagefolder": ImageFolderDataModule,
+    "folder": FolderDataModule,
 }
 
 

@@ -23,9 +23,9 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 from cssl.core.errors import ConfigError
+from cssl.data.listing import IMAGE_EXTENSIONS
 from cssl.data.views import ViewSpec, decode_views, sample_boxes
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 # the first bytes of each format above (PGM/PPM plain and raw; TIFF little and big endian; WebP is RIFF....WEBP)
 MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P2", b"P3", b"P5", b"P6", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 # what PIL and decode_jpeg raise on corrupt, truncated or foreign data
@@ -59,7 +59,8 @@ def scan_class_folders(directory: str | Path, class_to_idx: dict[str, int]) -> l
     for name in sorted(class_to_idx):
         folder = os.path.join(str(directory), name)
         files: list[str] = []
-        for root, _, names in sorted(os.walk(folder, followlinks=True)):
+        for root, dirs, names in sorted(os.walk(folder, followlinks=True)):
+            dirs[:] = [d for d in dirs if not _is_hidden(d)]  # e.g. the .cssl index folder of data=folder
             for file in sorted(names):
                 if _is_hidden(file):
                     continue
@@ -113,6 +114,13 @@ class CheckedImageFolder(ImageFolder):
         super().__init__(root, transform=transform, loader=_rgb_loader)
 
     @staticmethod
+    def find_classes(directory: str | Path) -> tuple[list[str], dict[str, int]]:
+        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
+        if not classes:
+            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
+        return classes, {c: i for i, c in enumerate(classes)}
+
+    @staticmethod
     def make_dataset(
         directory: str | Path,
         class_to_idx: dict[str, int],
@@ -127,6 +135,36 @@ class CheckedImageFolder(ImageFolder):
             path, target = self.samples[(index + k) % len(self.samples)]
             try:
                 return self.transform(self.loader(path)), target
+            except UNREADABLE as err:
+                _bad(path, err, self.skip_bad_images)
+        raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")
+
+
+class ImageList(Dataset):
+    """Listed images (``(path, label)`` pairs, e.g. a :class:`cssl.data.listing.Listing`'s) read as RGB and
+    passed through ``transform``, bad files replaced by the next readable one (as :class:`CheckedImageFolder`):
+    the evaluation sets and the kNN bank of ``data=folder``."""
+
+    def __init__(
+        self,
+        samples: Sequence[tuple[str, int]],
+        *,
+        transform: Any,
+        classes: Sequence[str] = (),
+        skip_bad_images: bool = True,
+        source: str = "",
+    ) -> None:
+        self.samples, self.classes, self.transform = list(samples), list(classes), transform
+        self.skip_bad_images, self.root = skip_bad_images, source
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        for k in range(MAX_TRIES):
+            path, target = self.samples[(index + k) % len(self.samples)]
+            try:
+                return self.transform(_rgb_loader(path)), target
             except UNREADABLE as err:
                 _bad(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")

@@ -34,7 +34,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from cssl.core.errors import ConfigError, check, is_number
-from cssl.data.datamodules import DATASETS, ImageFolderDataModule
+from cssl.data.datamodules import DATASETS, FolderDataModule, ImageDataModule
 from cssl.data.folder import MAX_TRIES, UNREADABLE, _bad
 from cssl.data.resumable import draw_seed
 from cssl.data.views import ViewSpec, decode_views, sample_boxes
@@ -280,13 +280,13 @@ def loader_state(loader: Any, *, epoch: int, batches: int, processes: int) -> di
     }
 
 
-class ShardDataModule(ImageFolderDataModule):
+class ShardDataModule(FolderDataModule):
     """Shards written by ``python -m cssl.shard`` (``data=shards``): a local folder or an object-store URL
     (``s3://``, ``gs://``, ``azure://``; ``local:PATH`` for a local folder read as a remote, with the cache).
 
-    Everything the image-folder path does (views cut from the original on the workers or the device, bad
-    records skipped and counted, preview, linear evaluation) through :class:`ImageFolderDataModule`'s hooks;
-    only the sets and the training loader differ.
+    Everything the folder path does (views cut from the original on the workers or the device, bad records
+    skipped and counted, preview, linear evaluation, label-free validation without labels) through
+    :class:`FolderDataModule`'s hooks; only the sets and the training loader differ.
 
     Args:
         root: the shard folder or URL.
@@ -346,13 +346,8 @@ class ShardDataModule(ImageFolderDataModule):
         self.indices = {"pretrain": train, "labelled": labelled}
         return {"pretrain": self._images(self.url, train), "labelled": self._images(self.url, labelled), "val": val}
 
-    def val_dataloader(self) -> Any:
-        if self.num_classes == 0:  # no labels: the held-out records only (label-free metrics)
-            return [self._loader(self.sets["val"], train=False)]
-        return super().val_dataloader()
-
-    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        return super().on_after_batch_transfer(batch, 1 if self.num_classes == 0 else dataloader_idx)
+    def prepare_data(self) -> None:
+        ImageDataModule.prepare_data(self)  # no listing: the manifest says what the shards hold
 
     def _views_set(self, train: Any) -> Dataset:
         return self.sets["pretrain"] if self.sets else train  # the training stream is made by train_dataloader

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cssl.contrastive.diagnostics import alignment, false_negative_rate, uniformity
+from cssl.contrastive.diagnostics import alignment, false_negative_rate, negative_stats, uniformity
 from cssl.eval.knn import knn_predict
 
 BANK, HELD_OUT = 0, 1
@@ -52,6 +52,8 @@ class KnnMonitor:
     def compute(self, gather: Callable[[Tensor], Tensor], *, diagnostics: bool) -> dict[str, Tensor]:
         """``val/knn_top1`` (and with ``diagnostics`` ``val/uniformity``, ``val/false_negative_rate``,
         ``val/alignment``) over the rows of every rank (``gather``); empty without both splits."""
+        if not self.num_classes and self.feats[HELD_OUT]:
+            return self.label_free(gather)
         if not self.feats[BANK] or not self.feats[HELD_OUT]:
             return {}
         bank, bank_y, query, query_y = (
@@ -67,4 +69,26 @@ class KnnMonitor:
             if self.pairs:
                 pairs = gather(torch.cat(self.pairs, dim=1).transpose(0, 1)).transpose(0, 1)  # (2, N_g, F)
                 logs["val/alignment"] = alignment(pairs[0], pairs[1])
+        return logs
+
+    def label_free(self, gather: Callable[[Tensor], Tensor]) -> dict[str, Tensor]:
+        """What unlabelled held-out images tell (``num_classes`` 0): ``val/uniformity`` of their features and,
+        with view pairs, ``val/alignment``, ``val/effective_negatives`` and ``val/pair_loss`` (InfoNCE at
+        the kNN temperature of each first view against every second view, the other images the negatives)."""
+        query = gather(torch.cat(self.feats[HELD_OUT]))
+        self.embedding = (query.detach(), gather(torch.cat(self.labels[HELD_OUT])).detach())
+        logs = {"val/uniformity": uniformity(query)}
+        if self.pairs:
+            pairs = gather(torch.cat(self.pairs, dim=1).transpose(0, 1)).transpose(0, 1)  # (2, N_g, F)
+            z1, z2 = F.normalize(pairs[0].float(), dim=1), F.normalize(pairs[1].float(), dim=1)
+            sim = z1 @ z2.T  # (N, N)
+            n = sim.shape[0]
+            off = ~torch.eye(n, dtype=torch.bool, device=sim.device)  # (N, N): the negatives
+            negatives = sim[off].view(n, n - 1) if n > 1 else sim[:, :0]
+            logs["val/alignment"] = alignment(pairs[0], pairs[1])
+            if n > 1:
+                stats = negative_stats(sim.diagonal(), negatives, self.temperature)
+                logs["val/effective_negatives"] = stats["neg/effective_negatives"]
+            target = torch.arange(n, device=sim.device)
+            logs["val/pair_loss"] = F.cross_entropy(sim / self.temperature, target)
         return logs

@@ -75,7 +75,10 @@ class Method(pl.LightningModule):
         check(
             not unknown, f"method.{', method.'.join(sorted(unknown))}: not applicable to {type(self).__name__.lower()}"
         )
-        check(num_classes >= 2, f"the labelled data must have at least 2 classes, got {num_classes}")
+        check(
+            num_classes == 0 or num_classes >= 2,
+            f"the labelled data must have at least 2 classes (0: unlabelled), got {num_classes}",
+        )
         check_int("method.knn_k", knn_k, 1)
         check_positive("method.knn_t", knn_t)
         check_positive("method.probe_lr", probe_lr)
@@ -90,10 +93,13 @@ class Method(pl.LightningModule):
         self.num_classes, self.batch_size, self.optim = num_classes, batch_size, optim
         self.probe_lr, self.per_view_forward = probe_lr, per_view_forward
         self.diagnostics_every_n_steps, self.false_negative_k = diagnostics_every_n_steps, false_negative_k
-        self.probe = nn.Linear(self.num_features, num_classes)
+        # num_classes 0 (unlabelled data): no online probe and no kNN (the probe and metrics keep a shape)
+        self.online_probe = num_classes > 0  # off also when only held-out images are labelled
+        classes = max(num_classes, 2)
+        self.probe = nn.Linear(self.num_features, classes)
         # validate_args=False: the argument checks read tensor values on the host (a device sync every step)
-        self.train_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1, validate_args=False)
-        self.val_acc = MulticlassAccuracy(num_classes, average="micro", ignore_index=-1)
+        self.train_acc = MulticlassAccuracy(classes, average="micro", ignore_index=-1, validate_args=False)
+        self.val_acc = MulticlassAccuracy(classes, average="micro", ignore_index=-1)
         self.monitor = KnnMonitor(num_classes, k=knn_k, temperature=knn_t, false_negative_k=false_negative_k)
         self.last_val_embedding: tuple[Tensor, Tensor] | None = None
         self.last_validated_step = -1
@@ -195,6 +201,11 @@ class Method(pl.LightningModule):
         views = [self._images(v) for v in views]
         main = len(views) - self.needs.support
         loss, feats, logs = self.ssl_step(views[:main], views[main:], y)
+        if not self.online_probe:
+            self.log("train/loss", loss, prog_bar=True)
+            for name, value in logs.items():
+                self.log(name, value)
+            return loss
         logits = self.probe(feats.detach())
         # mean over labelled rows (label -1 = unlabelled), without a host sync on the label count
         probe_loss = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / (y >= 0).sum().clamp(min=1)
@@ -230,10 +241,11 @@ class Method(pl.LightningModule):
 
     def validation_step(self, batch: tuple[Tensor, ...], batch_idx: int, dataloader_idx: int = 0) -> None:
         x, y = batch[0], batch[1]
+        dataloader_idx = 1 if self.num_classes == 0 else dataloader_idx  # unlabelled: held-out images only
         feats = self.backbone(self._images(x))
         if len(batch) == 3:  # two augmented views of held-out images, for val/alignment
             self.monitor.add_pair(*(self.backbone(self._images(v)) for v in batch[2][:2]))
-        if dataloader_idx == 1:
+        if dataloader_idx == 1 and self.online_probe:
             self.val_acc(self.probe(feats), y)
             self.log("val/online_top1", self.val_acc, on_epoch=True, add_dataloader_idx=False)
         self.monitor.add(dataloader_idx, feats, y)

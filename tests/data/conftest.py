@@ -97,4 +97,17 @@ def specs(data_root: Path) -> dict[str, Spec]:
             3,
             4,
         ),
+        "folder": Spec(
+            {
+                "root": str(data_root / "images" / "train"),
+                "labels": "folders",
+                "eval_root": str(data_root / "images" / "val"),
+                "image_size": 32,
+            },
+            {"pretrain": 8, "labelled": 8, "val": 4},
+            37,
+            32,
+            3,
+            3,
+        ),
     }
