@@ -30,12 +30,14 @@ from typing import Any
 
 import torch
 from PIL import Image
+from pytorch_lightning.utilities import rank_zero_only
 from torch import Tensor
 from torch.utils.data import Dataset
 
 from cssl.core.errors import ConfigError, check, is_number
 from cssl.data.datamodules import DATASETS, FolderDataModule, ImageDataModule
 from cssl.data.folder import MAX_TRIES, UNREADABLE, _bad
+from cssl.data.listing import say
 from cssl.data.resumable import draw_seed
 from cssl.data.views import ViewSpec, decode_views, sample_boxes
 
@@ -87,6 +89,11 @@ def read_manifest(root: str, cache_dir: str | None = None) -> dict[str, Any]:
     )
     check(manifest.get("complete") is True, f"data.root: the conversion into {root} is unfinished; run it again")
     return manifest
+
+
+@rank_zero_only
+def _say(line: str) -> None:
+    say(line)
 
 
 def quiet() -> None:
@@ -340,9 +347,21 @@ class ShardDataModule(FolderDataModule):
             train, held_ids = held_out(self.count, self.val_fraction)
             val = self._images(self.url, held_ids)
         labelled = [i for i in train if labels[i] >= 0] if labels else []
+        check(
+            self.train_split != "labelled" or bool(labelled),
+            f"data: the shards at {self.url} hold no labels to train a linear probe on; convert with "
+            "--labels folders|list",
+        )
         self.online_probe = bool(labelled)
-        if not classes:  # no labels: kNN monitor and probe off; the held-out records give the label-free metrics
+        held = f"{len(val)} held out ({'data.eval_root' if self.eval_url else 'data.val_fraction'})"
+        if classes:
+            _say(f"{self.count} records at {self.url}, {len(classes)} classes, {len(labelled)} labelled; {held}")
+        else:  # no labels: kNN monitor and probe off; the held-out records give the label-free metrics
             self.val_views = True
+            _say(
+                f"{self.count} records at {self.url}; no labels: kNN monitor and online probe off; {held} for "
+                "val/uniformity, val/alignment, val/effective_negatives, val/pair_loss"
+            )
         self.indices = {"pretrain": train, "labelled": labelled}
         return {"pretrain": self._images(self.url, train), "labelled": self._images(self.url, labelled), "val": val}
 
