@@ -311,3 +311,14 @@ def test_a_local_folder_standing_in_as_an_object_store(converted: dict, tmp_path
     assert any(cache.rglob("chunk-*.bin")) or any(cache.rglob("*.bin"))  # chunks came through the cache
     image, _ = data.sets["val"][3]
     assert image.dtype == torch.uint8
+
+
+@pytest.mark.slow
+def test_device_decoding_gets_the_bytes_and_boxes(converted: dict) -> None:
+    """data.decode=gpu: workers send the record's bytes and boxes; the decoder (here on the CPU) cuts the views."""
+    data = module(converted["out"], eval_root=str(converted["out"]), decode="gpu", batch_size=5)
+    payload, labels, skipped = next(iter(data.train_dataloader()))
+    assert isinstance(payload["data"][0], bytes) and payload["boxes"].shape == (5, 2, 4)
+    assert all(p.startswith(str(converted["out"]) + "#") for p in payload["path"])
+    views, y = data.on_after_batch_transfer((payload, labels, skipped), 0)
+    assert [tuple(v.shape) for v in views] == [(5, 3, 24, 24)] * 2 and torch.equal(y, labels)
