@@ -143,17 +143,18 @@ def shard(
 
     import litdata
 
-    litdata.optimize(
-        fn=ReadRecord(samples),
-        inputs=list(range(len(samples))),
-        output_dir=str(out_dir),
-        chunk_bytes=chunk_bytes,
-        num_workers=workers,
-        use_checkpoint=True,  # a rerun continues from the chunks already written
-        reorder_files=False,
-        start_method="spawn",
-        verbose=True,  # LitData's progress bar
-    )
+    if not (resuming and (out_dir / INDEX).is_file()):  # else LitData finished and only the manifest was left
+        litdata.optimize(
+            fn=ReadRecord(samples),
+            inputs=list(range(len(samples))),
+            output_dir=str(out_dir),
+            chunk_bytes=chunk_bytes,
+            num_workers=workers,
+            use_checkpoint=True,  # a rerun continues from the chunks already written
+            reorder_files=False,
+            start_method="spawn",
+            verbose=True,  # LitData's progress bar
+        )
     index = json.loads((out_dir / INDEX).read_text())
     count = sum(int(c["chunk_size"]) for c in index["chunks"])
     nbytes = sum(int(c.get("chunk_bytes", 0)) for c in index["chunks"])

@@ -140,6 +140,16 @@ def test_a_finished_conversion_is_not_redone(converted: dict, capsys) -> None:
     assert {p.name: p.stat().st_mtime_ns for p in converted["out"].iterdir()} == before
 
 
+@pytest.mark.slow
+def test_a_conversion_killed_after_the_index_only_finishes_its_manifest(converted: dict) -> None:
+    path = converted["out"] / "manifest.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "complete": False}))
+    chunks = {p.name: p.stat().st_mtime_ns for p in converted["out"].glob("chunk-*.bin")}
+    manifest = shard(str(converted["src"]), str(converted["out"]), labels="folders", chunk_bytes="12kb", workers=2)
+    assert manifest == converted["manifest"] and json.loads(path.read_text())["complete"] is True
+    assert {p.name: p.stat().st_mtime_ns for p in converted["out"].glob("chunk-*.bin")} == chunks
+
+
 def test_bad_source_and_foreign_output_are_one_line_errors(tmp_path: Path, capsys) -> None:
     assert shard_main([str(tmp_path / "missing"), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
