@@ -94,9 +94,9 @@ class Method(pl.LightningModule):
         self.probe_lr, self.per_view_forward = probe_lr, per_view_forward
         self.diagnostics_every_n_steps, self.false_negative_k = diagnostics_every_n_steps, false_negative_k
         # num_classes 0 (unlabelled data): no online probe and no kNN (the probe and metrics keep a shape)
-        self.online_probe = num_classes > 0  # off also when only held-out images are labelled
         classes = max(num_classes, 2)
         self.probe = nn.Linear(self.num_features, classes)
+        self.online_probe = num_classes > 0  # off also when only held-out images are labelled
         # validate_args=False: the argument checks read tensor values on the host (a device sync every step)
         self.train_acc = MulticlassAccuracy(classes, average="micro", ignore_index=-1, validate_args=False)
         self.val_acc = MulticlassAccuracy(classes, average="micro", ignore_index=-1)
@@ -107,6 +107,17 @@ class Method(pl.LightningModule):
         self.channels_last = False
         self.needs = ViewNeeds()
         self._optimizer_stepped, self._batch_finished, self._ema_step = False, False, None
+
+    @property
+    def online_probe(self) -> bool:
+        """Whether the online probe learns and is scored; off, its weights take no gradient (under DDP an
+        unused parameter would be an error)."""
+        return self._online_probe
+
+    @online_probe.setter
+    def online_probe(self, on: bool) -> None:
+        self._online_probe = bool(on)
+        self.probe.requires_grad_(self._online_probe)
 
     # -- what a method declares and implements --------------------------------------------------------
     @classmethod

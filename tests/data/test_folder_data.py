@@ -248,3 +248,31 @@ def test_linear_evaluation_of_unlabelled_images_is_a_one_line_error(tmp_path):
     with pytest.raises(ConfigError, match="no labels to train a linear probe on") as err:
         dm.check()
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.slow
+def test_an_unlabelled_run_under_ddp_on_two_processes(tmp_path):
+    from tests.conftest import check_ok, run_cli
+
+    write_images(tmp_path / "pile", 24)
+    run_dir = tmp_path / "run"
+    check_ok(
+        run_cli(
+            "train.py",
+            *QUICK,
+            "trainer=ddp",
+            "trainer.devices=2",
+            "trainer.accelerator=cpu",
+            "data=folder",
+            f"data.root={tmp_path / 'pile'}",
+            "data.batch_size=4",
+            "data.image_size=32",
+            "data.num_workers=0",
+            "data.val_fraction=0.2",
+            "trainer.max_epochs=1",
+            f"run_dir={run_dir}",
+        )
+    )
+    metrics = json.loads((run_dir / "summary.json").read_text())["metrics"]
+    assert "val/pair_loss" in metrics and "val/knn_top1" not in metrics
+    assert (tmp_path / "pile" / ".cssl" / "index.json").is_file()
