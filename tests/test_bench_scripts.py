@@ -68,3 +68,11 @@ def test_index_bench_quick(capsys, tmp_path):
     }
     assert set(rows) == {"nested", "flat"}
     assert all(float(v) >= 0 for row in rows.values() for v in row)
+
+
+@pytest.mark.slow
+def test_shards_bench_quick(capsys):
+    out = run_quick("shards", capsys)  # a conversion (LitData's writer process) and four passes
+    rows = {line[:20].strip(): line[20:].split() for line in out.splitlines() if line.startswith(("folder", "shards"))}
+    for name in ("folder 2x224", "shards 2x224", "folder read only", "shards read only"):
+        assert float(rows[name][0]) > 0 and float(rows[name][1]) > 0, name

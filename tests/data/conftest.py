@@ -59,6 +59,9 @@ def data_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     F.write_cifar100(root)
     F.write_stl10(root)
     F.write_imagefolder(root / "images")
+    from cssl.shard import shard
+
+    shard(str(root / "images" / "train"), str(root / "shards"), labels="folders", chunk_bytes="4kb", workers=1)
     return root
 
 
@@ -85,6 +88,14 @@ def specs(data_root: Path) -> dict[str, Spec]:
             32,
             3,
             3,
+        ),
+        "shards": Spec(  # the imagefolder train images as shards, a quarter held out
+            {"root": str(data_root / "shards"), "image_size": 32, "val_fraction": 0.25},
+            {"pretrain": 6, "labelled": 6, "val": 2},
+            37,
+            32,
+            3,
+            4,
         ),
         "folder": Spec(
             {

@@ -91,7 +91,7 @@ def test_other_loader_options_are_validated(key, value):
 
 def test_unknown_data_set_lists_the_choices():
     with pytest.raises(
-        ConfigError, match="choose data= one of cifar10, cifar100, digits, folder, imagefolder, lab, stl10"
+        ConfigError, match="choose data= one of cifar10, cifar100, digits, folder, imagefolder, lab, shards, stl10"
     ):
         build_datamodule("mnist", batch_size=8)
 
