@@ -88,12 +88,20 @@ def _hashable(value: Any) -> Any:
 
 
 def config_key(run: Run, keys: Sequence[str]) -> tuple[Any, ...]:
-    """What ``run`` is compared by on ``keys``: each key's value (absent counts as a value) made hashable."""
-    return tuple(_hashable(run.config.get(k, MISSING)) for k in keys)
+    """What ``run`` is compared by on ``keys``: each key's value made hashable (:func:`compared`)."""
+    return tuple(_hashable(compared(run, k)) for k in keys)
+
+
+def compared(run: Run, key: str) -> Any:
+    """The value ``run`` is compared by on ``key``: absent counts as null, so that a key a newer version added
+    with a null default (e.g. ``backbone_init``) does not split older runs from newer ones; absent against any
+    other value still varies (``method.beta`` of DCL and HCL runs)."""
+    value = run.config.get(key, MISSING)
+    return None if value is MISSING else value
 
 
 def varied_keys(runs: Sequence[Run]) -> list[str]:
-    """Config keys whose value differs between runs (absent counts as a value), bookkeeping excluded;
+    """Config keys whose value differs between runs (absent counts as null, :func:`compared`), bookkeeping excluded;
     the method's name and estimator first, then in config order.
 
     >>> a = Run("a", {"method.name": "dcl", "seed": 0, "run_dir": "x"}, {})
@@ -106,7 +114,7 @@ def varied_keys(runs: Sequence[Run]) -> list[str]:
         order.update(dict.fromkeys(run.config))
     keys = []
     for key in order:
-        values = [run.config.get(key, MISSING) for run in runs]
+        values = [compared(run, key) for run in runs]
         if len({_hashable(v) for v in values}) > 1 and not _ignored(key, values):
             keys.append(key)
     rank = {k: i for i, k in enumerate(PRIORITY)}

@@ -90,7 +90,7 @@ def write_markdown(
     lines = [f"# {title}", ""]
     lines.append(
         f"{len(report.runs)} pretraining runs in {len(report.rows)} rows"
-        + (f", {report.linear_runs} linear evaluations joined" if report.linear_runs else "")
+        + (f", {report.linear_runs} evaluations joined" if report.linear_runs else "")
         + f"; from {', '.join(f'`{s}`' for s in sources)}."
     )
     lines.append("")
@@ -117,7 +117,8 @@ def write_markdown(
         lines.append("| " + " | ".join(cells) + " |")
     for row in report.baselines:  # reference rows: in italics, never bold
         label = [f"*{row.values['baseline']}*" if k == label_column else "" for k in [*extra, *keys]]
-        cells = label + [str(len(row.runs))] + [_cell(row.stats.get(c)) for c in shown]
+        seeds = len({str(r.seed) for r in row.runs})  # random-init fine-tuning: one run per seed and subset
+        cells = label + [str(seeds)] + [_cell(row.stats.get(c)) for c in shown]
         lines.append("| " + " | ".join(cells) + " |")
     if report.baselines:
         lines += [
