@@ -12,7 +12,7 @@ from cssl.eval.finetune import FineTuner, layer_levels, layer_rates
 from cssl.eval.probe import LinearProbe
 from cssl.models.backbones import build_backbone
 from cssl.models.optim import OptimSettings, build_optimizer
-from tests.conftest import QUICK, compose, run_inprocess, train_inprocess
+from tests.conftest import compose, run_inprocess
 
 
 def _step(model, x, y, steps=2):
@@ -144,49 +144,23 @@ def test_random_init_from_a_backbone_name_runs(tmp_path):
     assert summary["init"] == "random" and summary["checkpoint"] is None and summary["subset"]["images"] == 30
 
 
-def supervised_checkpoint(pretrained, out, steps=150):
-    """A checkpoint of ``pretrained``'s format whose backbone was trained with the lab data's labels (plain
-    torch, seconds): weights known to be useful, so that the test checks the fine-tuning path (it starts from
-    the checkpoint's weights and keeps what they know), not how good a short self-supervised run is."""
-    from cssl.runtime import run as runs
-
-    cfg = compose("linear_eval", ["data=lab"])
-    data = runs.build_data(cfg, train_split="labelled")
-    data.setup()
-    images, labels = data.sets["labelled"].images, data.sets["labelled"].labels
-    ckpt = torch.load(pretrained / "checkpoints" / "last.ckpt", weights_only=False)
-    torch.manual_seed(0)
-    net = build_backbone(ckpt["cssl"]["backbone"], cifar_stem=ckpt["cssl"]["cifar_stem"])
-    head = torch.nn.Linear(net.num_features, 10)
-    opt = torch.optim.SGD([*net.parameters(), *head.parameters()], lr=0.1, momentum=0.9)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(steps):
-        idx = torch.randint(0, len(labels), (64,), generator=g)
-        loss = F.cross_entropy(head(net(data.eval_transform(images[idx]))), labels[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    state = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("backbone.")}
-    state.update({f"backbone.{k}": v for k, v in net.state_dict().items()})
-    ckpt["state_dict"] = state
-    out.mkdir(parents=True)
-    torch.save(ckpt, out / "supervised.ckpt")
-    return out / "supervised.ckpt"
-
-
 @pytest.mark.slow
-def test_finetuning_a_checkpoint_beats_random_init_on_lab(tmp_path):
-    pre = tmp_path / "pre"
-    train_inprocess(*QUICK, "data=lab", "trainer.max_steps=1", f"run_dir={pre}")
-    ckpt = supervised_checkpoint(pre, tmp_path / "sup")
-    common = ["mode=finetune", "data=lab", "data.labels_per_class=5", "data.batch_size=25", "seed=0"]
-    common += ["logger=none", "trainer.progress_bar=false", "trainer.max_epochs=4", "trainer.check_val_every_n_epoch=4"]
+def test_a_self_supervised_checkpoint_fine_tunes_better_than_random_init_on_lab(tmp_path):
+    """SimCLR's learning-guard run (cssl.guards: the lab data, about 225 steps), then the same fine-tuning on
+    10% of the lab labels from its weights and from a random initialisation."""
+    from cssl import guards
+    from cssl.pretrain import pretrain
+    from cssl.recipes import compose_config
+
+    pre, root = tmp_path / "pre", tmp_path / "data"
+    pretrain(compose_config("train", guards.guard_overrides("simclr", 0, pre, root)))
+    common = ["mode=finetune", "data=lab", f"data.root={root}", "data.label_fraction=0.1", "data.batch_size=32"]
+    common += ["seed=0", "logger=none", "trainer.progress_bar=false", "trainer.max_epochs=30"]
+    common += ["trainer.check_val_every_n_epoch=1000", f"ckpt={pre}"]
     top1 = {}
     for init in ("pretrained", "random"):
-        code, err = run_inprocess(
-            "linear_eval", [*common, f"ckpt={ckpt}", f"init={init}", f"run_dir={tmp_path / init}"]
-        )
+        code, err = run_inprocess("linear_eval", [*common, f"init={init}", f"run_dir={tmp_path / init}"])
         assert code == 0, err
         top1[init] = json.loads((tmp_path / init / "summary.json").read_text())["top1"]
-    # measured here: 0.227 against 0.098 (chance: 0.1)
-    assert top1["pretrained"] > top1["random"] + 0.05, top1
+    # measured here: 0.400 against 0.264 (docs/results/lab.md: 0.51 against 0.25 after 30-epoch pretraining)
+    assert top1["pretrained"] > top1["random"] + guards.MARGIN, top1
