@@ -25,7 +25,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, Subset
 from cssl.core.errors import ConfigError, check, check_int, is_int, is_number
 from cssl.data.augment import EvalTransform
 from cssl.data.digits import digits_split
-from cssl.data.folder import CheckedImageFolder, FolderViews, ImageList, replace_bad
+from cssl.data.folder import FolderViews, ImageList, replace_bad
 from cssl.data.lab import lab_options, load_or_generate
 from cssl.data.listing import LABELS, Listing, build_index, check_request, list_images, read_index, say
 from cssl.data.plan import ViewPlan
@@ -591,6 +591,7 @@ class FolderDataModule(ImageDataModule):
         self.skipped_images: Tensor | None = None  # unreadable files replaced in the last training batch
         self.online_probe = True  # whether the training images carry the labels of the held-out set
         self.listing: Listing | None = None  # of the training images, once listed
+        self._held_listing: Listing | None = None  # of the held-out images (eval_root / eval_files), once listed
         check(
             load_size is None or (is_int(load_size) and load_size >= self.image_size),
             f"data.load_size must be null or an integer >= data.image_size={self.image_size}, got {load_size!r}",
@@ -629,6 +630,10 @@ class FolderDataModule(ImageDataModule):
     def _eval_listing(self) -> Listing | None:
         if self.eval_root is None and self.eval_files is None:
             return None
+        self._held_listing = self._list_held()
+        return self._held_listing
+
+    def _list_held(self) -> Listing:
         key = "data.eval_root" if self.eval_root is not None else "data.eval_files"
         listing = self._list(
             root=self.eval_root,
@@ -773,54 +778,42 @@ def _say_once(lines: list[str]) -> None:
 
 class ImageFolderDataModule(FolderDataModule):
     """The ImageNet layout of :class:`FolderDataModule`: ``root/train`` and ``root/val`` class-per-folder
-    trees (ImageNet, ImageNet-100, ...), labelled by their folders, checked strictly: an empty class folder,
-    a non-image file among the classes or train and val classes that differ are one-line errors.
+    trees (ImageNet, ImageNet-100, ...), labelled by their folders; the same listing (cached in an index,
+    other files skipped and counted), views and loaders, with ``val`` as the held-out set. Train and val must
+    have the same classes (a class folder left empty on one side is a one-line error).
 
     Args:
         train_dir, val_dir: folders under ``root`` (or absolute paths).
-        load_size, decode, skip_bad_images: as :class:`FolderDataModule`.
+        index, load_size, decode, skip_bad_images: as :class:`FolderDataModule`.
     """
 
     name = "imagefolder"
 
-    def __init__(self, *, train_dir: str = "train", val_dir: str = "val", **kwargs: Any) -> None:
-        super().__init__(labels="folders", index="off", **kwargs)
-        self.train_dir = self.root / train_dir
-        self.val_dir = self.root / val_dir
-
-    def prepare_data(self) -> None:
-        ImageDataModule.prepare_data(self)
-
-    def _open(self, folder: Path) -> Dataset:
-        from torchvision import transforms as T
-
-        if not folder.is_dir():
-            raise ConfigError(
-                f"data.root: image folder {folder} does not exist; set data.root to the folder that holds the "
-                f"{self.train_dir.name}/ and {self.val_dir.name}/ class folders (or data.train_dir / data.val_dir)"
-            )
-        tf = T.Compose([T.Resize(self.load_size), T.CenterCrop(self.load_size), T.PILToTensor()])
-        try:
-            return CheckedImageFolder(str(folder), transform=tf, skip_bad_images=self.skip_bad_images)
-        except (FileNotFoundError, RuntimeError) as err:
-            raise ConfigError(
-                f"data.root: no class folders with images in {folder} ({_one_line(err)}); "
-                "put one folder of images per class there"
-            ) from None
+    def __init__(self, *, root: str = "data", train_dir: str = "train", val_dir: str = "val", **kwargs: Any) -> None:
+        base = Path(os.path.expanduser(str(root)))
+        self.train_dir, self.val_dir = base / train_dir, base / val_dir
+        super().__init__(root=str(self.train_dir), eval_root=str(self.val_dir), labels="folders", **kwargs)
+        self.root = base
 
     def load(self) -> dict[str, Dataset]:
-        train, val = self._open(self.train_dir), self._open(self.val_dir)
+        for folder in (self.train_dir, self.val_dir):
+            if not folder.is_dir():
+                raise ConfigError(
+                    f"data.root: image folder {folder} does not exist; set data.root to the folder that holds the "
+                    f"{self.train_dir.name}/ and {self.val_dir.name}/ class folders (or data.train_dir / data.val_dir)"
+                )
+        sets = super().load()
+        train, val = self.listing, self._held_listing
+        assert train is not None and val is not None
         if train.classes != val.classes:
             only_train = sorted(set(train.classes) - set(val.classes))
             only_val = sorted(set(val.classes) - set(train.classes))
             raise ConfigError(
-                f"data.val_dir: the class folders of {self.val_dir} differ from those of {self.train_dir} "
-                f"(only in train: {only_train or 'none'}; only in val: {only_val or 'none'}); "
-                "give both the same class folders"
+                f"data.val_dir: the class folders with images of {self.val_dir} differ from those of "
+                f"{self.train_dir} (only in train: {only_train or 'none'}; only in val: {only_val or 'none'}); "
+                "give both the same class folders, each with images"
             )
-        self.num_classes = len(train.classes)
-        self._pretrain_base = train
-        return {"pretrain": self._views_set(train), "labelled": train, "val": val}
+        return sets
 
 
 DATASETS: dict[str, type[ImageDataModule]] = {

@@ -1,5 +1,5 @@
-"""Class-per-folder image trees: checked listing, robust reading, and the pretraining set whose views are
-cut from the original images on the loader workers (:mod:`cssl.data.views`).
+"""Image files (listed by :mod:`cssl.data.listing`): robust reading, the evaluation set of resized images, and
+the pretraining set whose views are cut from the original images on the loader workers (:mod:`cssl.data.views`).
 
 A bad file (undecodable or truncated) is skipped: replaced by the next readable image of the listing, named
 once in a warning per process, and counted in the batch so that ``data/skipped_images`` reaches the logger
@@ -9,10 +9,8 @@ once in a warning per process, and counted in the batch so that ``data/skipped_i
 from __future__ import annotations
 
 import io
-import os
 import warnings
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,14 +18,10 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets import ImageFolder
 
 from cssl.core.errors import ConfigError
-from cssl.data.listing import IMAGE_EXTENSIONS
 from cssl.data.views import ViewSpec, decode_views, sample_boxes
 
-# the first bytes of each format above (PGM/PPM plain and raw; TIFF little and big endian; WebP is RIFF....WEBP)
-MAGIC = (b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"P2", b"P3", b"P5", b"P6", b"BM", b"II*\x00", b"MM\x00*", b"RIFF")
 # what PIL and decode_jpeg raise on corrupt, truncated or foreign data
 UNREADABLE = (OSError, ValueError, RuntimeError, SyntaxError, EOFError, Image.DecompressionBombError)
 MAX_TRIES = 100  # consecutive unreadable files before giving up
@@ -45,42 +39,6 @@ class BadImageError(ConfigError):
         line = message.strip().splitlines()[-1] if message.strip() else message
         prefix = f"{type(self).__module__}.{type(self).__name__}: "
         super().__init__(line[len(prefix) :] if line.startswith(prefix) else line)
-
-
-def _is_hidden(name: str) -> bool:
-    return name.startswith(".")
-
-
-def scan_class_folders(directory: str | Path, class_to_idx: dict[str, int]) -> list[tuple[str, int]]:
-    """(path, class index) of every image, sorted; a one-line :class:`ConfigError` for an empty class
-    folder, a file that is not an image by its extension, or a first file per class whose header is not
-    an image's. Cheap: a listing plus one header read per class, no decoding."""
-    samples: list[tuple[str, int]] = []
-    for name in sorted(class_to_idx):
-        folder = os.path.join(str(directory), name)
-        files: list[str] = []
-        for root, dirs, names in sorted(os.walk(folder, followlinks=True)):
-            dirs[:] = [d for d in dirs if not _is_hidden(d)]  # e.g. the .cssl index folder of data=folder
-            for file in sorted(names):
-                if _is_hidden(file):
-                    continue
-                path = os.path.join(root, file)
-                if not file.lower().endswith(IMAGE_EXTENSIONS):
-                    raise ConfigError(
-                        f"data.root: {path} is not an image (extensions {', '.join(IMAGE_EXTENSIONS)}); "
-                        "move it out of the class folders"
-                    )
-                files.append(path)
-        if not files:
-            raise ConfigError(f"data.root: class folder {folder} holds no images; remove it or put its images there")
-        with open(files[0], "rb") as f:
-            head = f.read(16)
-        if not head.startswith(MAGIC):
-            raise ConfigError(
-                f"data.root: {files[0]} is not an image (its first bytes are no image format's); replace or remove it"
-            )
-        samples += [(path, class_to_idx[name]) for path in files]
-    return samples
 
 
 def _read(path: str) -> bytes:
@@ -105,45 +63,10 @@ def _bad(path: str, err: BaseException, skip: bool) -> None:
         )
 
 
-class CheckedImageFolder(ImageFolder):
-    """torchvision's ImageFolder with :func:`scan_class_folders`' checks and bad files replaced by the
-    next readable one (the evaluation and linear-probe sets: resized, centre-cropped images)."""
-
-    def __init__(self, root: str, *, transform: Any, skip_bad_images: bool = True) -> None:
-        self.skip_bad_images = skip_bad_images
-        super().__init__(root, transform=transform, loader=_rgb_loader)
-
-    @staticmethod
-    def find_classes(directory: str | Path) -> tuple[list[str], dict[str, int]]:
-        classes = sorted(e.name for e in os.scandir(directory) if e.is_dir() and not _is_hidden(e.name))
-        if not classes:
-            raise FileNotFoundError(f"Couldn't find any class folder in {directory}.")
-        return classes, {c: i for i, c in enumerate(classes)}
-
-    @staticmethod
-    def make_dataset(
-        directory: str | Path,
-        class_to_idx: dict[str, int],
-        extensions: tuple[str, ...] | None = None,
-        is_valid_file: Any = None,
-        allow_empty: bool = False,
-    ) -> list[tuple[str, int]]:
-        return scan_class_folders(directory, class_to_idx)
-
-    def __getitem__(self, index: int) -> tuple[Any, int]:
-        for k in range(MAX_TRIES):
-            path, target = self.samples[(index + k) % len(self.samples)]
-            try:
-                return self.transform(self.loader(path)), target
-            except UNREADABLE as err:
-                _bad(path, err, self.skip_bad_images)
-        raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")
-
-
 class ImageList(Dataset):
     """Listed images (``(path, label)`` pairs, e.g. a :class:`cssl.data.listing.Listing`'s) read as RGB and
-    passed through ``transform``, bad files replaced by the next readable one (as :class:`CheckedImageFolder`):
-    the evaluation sets and the kNN bank of ``data=folder``."""
+    passed through ``transform``, bad files replaced by the next readable one:
+    the evaluation sets and the kNN bank of ``data=folder`` and ``data=imagefolder``."""
 
     def __init__(
         self,

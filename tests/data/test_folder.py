@@ -138,10 +138,8 @@ def broken(root: Path, case: str) -> Path:
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("empty class folder", r"class folder .*train/cat holds no images|class folder .*train/dog holds no images"),
-        ("no images", r"class folder .*train/cat holds no images"),
-        ("non-image file", r"train/zebra/notes\.txt is not an image"),
-        ("not an image inside", r"train/cat/0\.jpg is not an image"),
+        ("empty class folder", r"held-out set .*val has classes the training labels lack \(dog\)"),
+        ("no images", r"data: no images in .*train"),
     ],
 )
 def test_bad_folders_are_one_line_errors_before_training(case, message, tmp_path):
@@ -151,11 +149,34 @@ def test_bad_folders_are_one_line_errors_before_training(case, message, tmp_path
     dm = build_datamodule("imagefolder", root=str(root), batch_size=2, image_size=32)
     with pytest.raises(ConfigError, match=message) as err:
         dm.check()
-    assert "\n" not in str(err.value) and str(err.value).startswith("data.root:")
-    if case == "non-image file":  # as the CLI reports it: exit status 2, one line, nothing trained
+    assert "\n" not in str(err.value)
+    if case == "empty class folder":  # as the CLI reports it: exit status 2, one line, nothing trained
         code, stderr = run_inprocess("train", ["data=imagefolder", f"data.root={root}", f"run_dir={tmp_path / 'run'}"])
         assert code == 2 and len(stderr.strip().splitlines()) == 1 and re.search(message, stderr)
         assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_other_files_among_the_classes_are_skipped_and_counted(tmp_path, capsys):
+    # a README or sidecar file is not an image: left out and counted in the start line, not an error
+    root = broken(tmp_path / "data", "non-image file")
+    files = [p for p in (root / "train").rglob("*") if p.is_file() and p.name != "notes.txt"]
+    dm = build_datamodule("imagefolder", root=str(root), batch_size=2, image_size=32)
+    dm.check()
+    listed = {path for path, _ in dm.listing.samples}
+    assert dm.listing.skipped.get("not an image") == 1 and not any(p.endswith("notes.txt") for p in listed)
+    assert len(listed) == len(files)
+
+
+def test_a_file_named_like_an_image_is_skipped_when_read(tmp_path):
+    # not an image inside: listed by its name, replaced by the next readable image when read, and counted
+    root = broken(tmp_path / "data", "not an image inside")
+    dm = build_datamodule("imagefolder", root=str(root), batch_size=2, image_size=32)
+    dm.check()
+    views = FolderViews(dm.listing.samples, [ViewSpec(16, (0.5, 1.0))], skip_bad_images=True)
+    index = [p for p, _ in dm.listing.samples].index(str(root / "train" / "cat" / "0.jpg"))
+    with pytest.warns(UserWarning, match="0.jpg"):
+        _, _, skipped = views[index]
+    assert skipped == 1
 
 
 # -- through the CLI ---------------------------------------------------------------------------------
@@ -187,7 +208,8 @@ def test_skipped_images_reach_the_logged_metrics_in_a_cli_run(folder, tmp_path):
 
 def test_skip_bad_images_false_stops_the_run_naming_the_file(folder, tmp_path):
     code, stderr = run_inprocess("train", [*cli_args(folder, tmp_path / "run"), "data.skip_bad_images=false"])
-    assert code == 2 and len(stderr.strip().splitlines()) == 1
+    lines = stderr.strip().splitlines()  # the listing's one line (data: N images ...), then the error's
+    assert code == 2 and lines[-1].startswith("error: ") and [line[:5] for line in lines] == ["data:", "error"]
     assert "data.skip_bad_images=false: could not read" in stderr and ("cat/d.jpg" in stderr or "zebra/c.jpg" in stderr)
 
 
