@@ -1,4 +1,5 @@
-"""Reference accuracies for a report: a randomly initialised backbone and the raw pixels, under the same kNN
+"""Reference accuracies for a report: a randomly initialised backbone, the raw pixels and, for runs that started
+from weights (``backbone_init``), those weights, under the same kNN
 and linear protocols as the runs, cached on disk.
 
 A pretraining run's ``val/knn_top1`` is the weighted kNN (``method.knn_k``, ``method.knn_t``) of the backbone's
@@ -8,7 +9,9 @@ through the data's evaluation transform. The baselines compute exactly that with
 
 - ``random_init``: the run's architecture (``backbone``, ``cifar_stem``, ``zero_init_residual``) built after
   seeding with the run's ``seed``, in eval mode, never trained;
-- ``raw_pixels``: the normalised evaluation images flattened.
+- ``raw_pixels``: the normalised evaluation images flattened;
+- ``starting_weights``: the run's architecture with the ``backbone_init`` weights loaded as pretraining loads
+  them (what domain-adaptive pretraining started from), keyed by the file's SHA-256.
 
 The linear baseline is cssl's :class:`~cssl.eval.probe.LinearProbe` (affine-free BN then a linear layer,
 SGD 0.1 x batch/256, momentum 0.9, no weight decay, cosine: configs/linear_eval.yaml's default protocol) with
@@ -41,7 +44,7 @@ from cssl.core.errors import ConfigError
 
 #: Bump when the computation changes: old cache entries are then not reused.
 VERSION = 1
-KINDS = ("random_init", "raw_pixels")
+KINDS = ("random_init", "raw_pixels", "starting_weights")  # the last only for runs with backbone_init
 #: The linear baseline's fixed budget (documented in docs/ablations.md).
 LINEAR_BUDGET = {"epochs": 30, "val_every": 10, "batch_size": 256, "lr": 0.1, "momentum": 0.9, "weight_decay": 0.0}
 #: Data options that do not change the images or the splits.
@@ -87,7 +90,16 @@ def baseline_spec(config: Mapping[str, Any], kind: str) -> dict[str, Any] | None
         "linear": LINEAR_BUDGET,
         "seed": int(config.get("seed", 0) or 0),
     }
-    if kind == "random_init":
+    if kind == "starting_weights":
+        init = config.get("backbone_init")
+        if not init:
+            return None
+        from cssl.models.weights import check_init_path, sha256
+
+        file = check_init_path(init)
+        assert file is not None
+        spec["init"], spec["init_sha256"] = str(init), sha256(file)  # cached by content, not by where it lies
+    if kind in ("random_init", "starting_weights"):
         spec["backbone"] = str(config.get("backbone", "resnet18"))
         spec["cifar_stem"] = config.get("cifar_stem")
         spec["zero_init_residual"] = bool(config.get("zero_init_residual", False))
@@ -181,12 +193,17 @@ def baseline_features(spec: Mapping[str, Any], *, root: str | None = None) -> di
 
     data = _data(spec, root)
     encode: nn.Module
-    if spec["kind"] == "random_init":
+    if spec["kind"] in ("random_init", "starting_weights"):
         stem = data.default_cifar_stem if spec["cifar_stem"] is None else bool(spec["cifar_stem"])
         pl.seed_everything(int(spec["seed"]), verbose=False)
-        encode = build_backbone(
-            spec["backbone"], cifar_stem=stem, zero_init_residual=bool(spec["zero_init_residual"])
-        ).eval()
+        encode = build_backbone(spec["backbone"], cifar_stem=stem, zero_init_residual=bool(spec["zero_init_residual"]))
+        if (
+            spec["kind"] == "starting_weights"
+        ):  # the weights the runs started from (backbone_init), as pretrain loads them
+            from cssl.models.weights import load_init
+
+            load_init(encode, Path(spec["init"]), name=spec["backbone"], cifar_stem=stem)
+        encode.eval()
     else:
         encode = nn.Identity()
     return encoder_features(encode, data)

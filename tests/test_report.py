@@ -530,3 +530,36 @@ def test_baseline_spec_keeps_the_options_a_data_module_passes_on_to_its_base_cla
     options = baselines.baseline_spec(config, "raw_pixels")["data_options"]
     assert options["image_size"] == 48 and options["train_size"] == 300
     assert "batch_size" not in options  # does not change the images
+
+
+@pytest.mark.slow
+def test_runs_started_from_weights_get_a_starting_weights_row(tmp_path: Path) -> None:
+    """backbone_init: the report adds the starting weights under the runs' kNN protocol, equal to the same kNN
+    computed here by hand from a backbone that loads the file with torch's own load_state_dict."""
+    import torch
+
+    from cssl import baselines
+    from cssl.models.backbones import build_backbone
+
+    torch.manual_seed(7)
+    weights = build_backbone("timm:test_resnet", cifar_stem=False).state_dict()
+    init = tmp_path / "start.pth"
+    torch.save(weights, init)
+    runs = _flat_runs(tmp_path, {("simclr", "infonce", 0): {"knn": 0.6}}, "timm:test_resnet")
+    for config in runs.rglob("config.yaml"):
+        cfg = yaml.safe_load(config.read_text())
+        cfg["backbone_init"] = str(init)
+        config.write_text(yaml.safe_dump(cfg))
+    report.main([str(runs), "--out", str(tmp_path / "out"), "--name", "s", "--baseline-cache", str(tmp_path / "c")])
+    with (tmp_path / "out" / "s.csv").open() as handle:
+        rows = {r["baseline"]: r for r in csv.DictReader(handle)}
+    assert "starting weights start.pth" in rows, list(rows)
+
+    net = build_backbone("timm:test_resnet", cifar_stem=False)
+    net.load_state_dict(weights)
+    spec = baselines.baseline_spec({"data.name": "digits", "seed": 0}, "raw_pixels")
+    data = baselines._data(spec, None)
+    expected = baselines.knn_top1(baselines.encoder_features(net.eval(), data), k=20, temperature=0.07)
+    assert float(rows["starting weights start.pth"]["knn_top1_mean"]) == pytest.approx(expected, abs=1e-6)
+    random_init = float(rows["random-init timm:test_resnet"]["knn_top1_mean"])
+    assert float(rows["starting weights start.pth"]["knn_top1_mean"]) != random_init  # other weights, other row

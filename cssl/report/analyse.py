@@ -214,7 +214,12 @@ BASELINE_METRICS = ("knn_top1", "linear_top1", "linear_top1_best")
 
 
 def _baseline_label(kind: str, spec: dict[str, Any], several: bool) -> str:
-    label = f"random-init {spec['backbone']}" if kind == "random_init" else "raw pixels"
+    if kind == "random_init":
+        label = f"random-init {spec['backbone']}"
+    elif kind == "starting_weights":
+        label = f"starting weights {Path(str(spec['init'])).name}"
+    else:
+        label = "raw pixels"
     if several:  # runs on several datasets or image options: say which
         size = spec["data_options"].get("image_size")
         label += f" ({spec['data']}" + (f", {size} px" if size else "") + ")"
