@@ -265,7 +265,7 @@ def fabricate_jpegs(root: Path, count: int) -> tuple[list[tuple[str, int]], int]
     imagenet_like(rng).convert("CMYK").save(folder / "cmyk.jpg", format="JPEG", quality=90)
     imagenet_like(rng).convert("L").save(folder / "gray.jpg", format="JPEG", quality=90)
     imagenet_like(rng).save(folder / "png_in_disguise.JPEG", format="PNG")
-    files = sorted(p for p in folder.iterdir() if p.is_file())
+    files = sorted(p for p in (root / "train").rglob("*") if p.is_file())  # both class folders
     return [(str(p), 0) for p in files], 3
 
 

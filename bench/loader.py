@@ -63,13 +63,14 @@ def imagenet_like(rng: np.random.Generator, width: int = 500, height: int = 375)
 
 
 def write_folder(root: Path, count: int, seed: int = 0) -> float:
-    """``root/{train,val}/c0/*.jpg``; returns the mean file size in KB."""
+    """``root/{train,val}/{c0,c1}/*.jpg`` (the images alternate between the two classes); returns the mean file
+    size in KB."""
     rng = np.random.default_rng(seed)
     sizes = []
     for split, n in (("train", count), ("val", 2)):
-        folder = root / split / "c0"
-        folder.mkdir(parents=True, exist_ok=True)
         for i in range(n):
+            folder = root / split / f"c{i % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
             path = folder / f"{i:05d}.jpg"
             imagenet_like(rng).save(path, format="JPEG", quality=90)
             sizes.append(path.stat().st_size)

@@ -78,6 +78,9 @@ def test_a_run_ends_with_a_few_lines_and_no_noise(tmp_path):
         f"  run dir   {lin}   (summary.json holds every metric)",
         f"  logged    {lin / 'csv' / 'metrics.csv'}",
         f"next: python -m cssl.report {run} {lin}",
+        # the results also went into the pretraining run's W&B summary (offline: a run with its id, synced with it)
+        f"W&B: 4 eval/ keys for run {offline.name.rsplit('-', 1)[-1]} (offline); upload both with: "
+        f"wandb sync {offline} {next((lin / 'wandb').glob('offline-run-*'))}",
     ]
 
 
