@@ -25,7 +25,7 @@ from cssl.eval.subsets import LabelSubset, SubsetWithSamples, describe, write_su
 from cssl.models.backbones import build_backbone, list_backbones
 from cssl.models.optim import OptimSettings
 from cssl.runtime import console, loggers, run
-from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint
+from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint, run_dir_of
 
 
 def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
@@ -245,8 +245,8 @@ def report_command(ckpt_path: Path | None, run_dir: Path) -> str | None:
     joined (when the checkpoint lies in a run dir)."""
     if ckpt_path is None:
         return None
-    pretrain_dir = ckpt_path.parent.parent if ckpt_path.parent.name == "checkpoints" else None
-    if pretrain_dir is None or not (pretrain_dir / "summary.json").is_file():
+    pretrain_dir = run_dir_of(ckpt_path)
+    if ckpt_path.parent.name != "checkpoints" or not (pretrain_dir / "summary.json").is_file():
         return None
     return f"python -m cssl.report {console.shown(pretrain_dir)} {console.shown(run_dir)}"
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cssl.runtime import cli
+from cssl.runtime.checkpoint import run_dir_of
 
 FORMATS = ("torchvision", "timm", "safetensors", "detectron2")
 OPTIONS = {"ckpt": None, "format": None, "out": None}
@@ -95,8 +96,7 @@ def _holds(backbone: str, cifar_stem: bool, fmt: str) -> bool:
 
 def default_out(source: Path, fmt: str) -> Path:
     """``RUN_DIR/export/<name>`` of a checkpoint in ``RUN_DIR/checkpoints/`` (else beside the checkpoint)."""
-    run_dir = source.parent.parent if source.parent.name == "checkpoints" else source.parent
-    return run_dir / "export" / DEFAULT_NAMES[fmt]
+    return run_dir_of(source) / "export" / DEFAULT_NAMES[fmt]
 
 
 def backbone_state(backbone: Any) -> dict[str, Any]:
@@ -346,15 +346,11 @@ def preprocessing(meta: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_dir_of(source: Path) -> Path:
-    return source.parent.parent if source.parent.name == "checkpoints" else source.parent
-
-
 def linear_results(run_dir: Path) -> list[dict[str, Any]]:
     """The linear (and kNN) evaluations found under ``run_dir`` whose checkpoint lies in it (joined as
     :mod:`cssl.report` joins them)."""
     from cssl.core.errors import ConfigError
-    from cssl.report.load import _owner, _same_dir, find_run_dirs, read_run
+    from cssl.report.load import find_run_dirs, read_run, same_dir
 
     found = []
     try:
@@ -366,8 +362,8 @@ def linear_results(run_dir: Path) -> list[dict[str, Any]]:
             run = read_run(folder)
         except ConfigError:
             continue
-        owner = _owner(str(run.summary.get("checkpoint", "")))
-        if run.is_linear_eval and _same_dir(owner, str(run_dir)):
+        owner = run_dir_of(str(run.summary.get("checkpoint", "")))
+        if run.is_linear_eval and same_dir(owner, str(run_dir)):
             keep = ("mode", "protocol", "top1", "top5", "top1_best", "epochs", "data", "checkpoint")
             found.append({"run_dir": str(folder), **{k: run.summary.get(k) for k in keep if k in run.summary}})
     return found

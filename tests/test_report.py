@@ -303,12 +303,15 @@ def test_multirun_writes_one_run_dir_per_job_and_the_report_reads_them(tmp_path:
 
 
 def test_same_dir_matches_paths_from_another_working_directory() -> None:
-    assert report._same_dir(Path("runs/a/b"), "/elsewhere/runs/a/b")
-    assert report._same_dir(Path("/elsewhere/runs/a/b"), "runs/a/b")
-    assert not report._same_dir(Path("b"), "/elsewhere/b")  # one component is too ambiguous
-    assert not report._same_dir(Path("/x/runs/a/c"), "/x/runs/a/b")
-    assert report._owner("/x/run/checkpoints/last.ckpt") == Path("/x/run")
-    assert report._owner("/x/run") == Path("/x/run")
+    from cssl.runtime.checkpoint import run_dir_of
+
+    assert report.same_dir(Path("runs/a/b"), "/elsewhere/runs/a/b")
+    assert report.same_dir(Path("/elsewhere/runs/a/b"), "runs/a/b")
+    assert not report.same_dir(Path("b"), "/elsewhere/b")  # one component is too ambiguous
+    assert not report.same_dir(Path("/x/runs/a/c"), "/x/runs/a/b")
+    assert run_dir_of("/x/run/checkpoints/last.ckpt") == Path("/x/run")
+    assert run_dir_of("/x/run/step.ckpt") == Path("/x/run")
+    assert run_dir_of("/x/run") == Path("/x/run")
 
 
 def test_each_multirun_job_gets_its_own_wandb_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -29,8 +29,7 @@ from typing import Any
 
 from cssl.report.analyse import Report, Row, build_report, family, independent_keys, varied_keys
 from cssl.report.load import Run, flatten, load_local
-from cssl.report.load import _owner as _owner  # unit-tested through the package
-from cssl.report.load import _same_dir as _same_dir
+from cssl.report.load import same_dir as same_dir
 from cssl.report.render import plot_curves, write_report
 
 __all__ = [

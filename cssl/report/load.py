@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from cssl.core.errors import ConfigError
+from cssl.runtime.checkpoint import run_dir_of
 
 #: Summary fields that are metrics of a pretraining run (others are bookkeeping).
 SUMMARY_METRICS = ("knn_top1", "online_top1", "train_loss", "train_online_top1", "images_per_second", "wall_seconds")
@@ -229,15 +230,7 @@ def load_wandb(group: str, *, project: str, entity: str | None) -> list[Run]:
     return runs
 
 
-def _owner(checkpoint: str) -> Path:
-    """The run dir of a checkpoint path (``RUN/checkpoints/x.ckpt`` -> ``RUN``)."""
-    path = Path(checkpoint)
-    if path.suffix == ".ckpt":
-        path = path.parent
-    return path.parent if path.name == "checkpoints" else path
-
-
-def _same_dir(owner: Path, alias: str) -> bool:
+def same_dir(owner: Path, alias: str) -> bool:
     """Whether ``owner`` (as written by an evaluation) and ``alias`` (a run's dir) are the same folder,
     also when one is relative to another working directory (then its parts end the other's)."""
     other = Path(alias)
@@ -275,8 +268,8 @@ def join_linear(pretrain: list[Run], evaluations: list[Run]) -> int:
     for ev in evaluations:
         if is_random_init(ev):
             continue
-        owner = _owner(str(ev.summary.get("checkpoint", "")))
-        match = next((i for i, run in enumerate(pretrain) if any(_same_dir(owner, a) for a in run.aliases)), None)
+        owner = run_dir_of(str(ev.summary.get("checkpoint", "")))
+        match = next((i for i, run in enumerate(pretrain) if any(same_dir(owner, a) for a in run.aliases)), None)
         if match is None:
             print(f"warning: {ev.path}: evaluated checkpoint {owner} is not among the runs; ignored", file=sys.stderr)
             continue

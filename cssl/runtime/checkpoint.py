@@ -49,8 +49,17 @@ def atomic_save(obj: Any, path: Path) -> None:
     storage.atomic_write(path, lambda f: torch.save(obj, f), needed=tensor_bytes(obj), then=_resume_hint(path))
 
 
+def run_dir_of(path: str | Path) -> Path:
+    """The run dir of a checkpoint: ``RUN/checkpoints/x.ckpt`` -> ``RUN``, a ``.ckpt`` elsewhere -> its folder,
+    a run dir -> itself."""
+    path = Path(path)
+    if path.suffix == ".ckpt":
+        path = path.parent
+    return path.parent if path.name == "checkpoints" else path
+
+
 def _resume_hint(path: Path) -> str:
-    run_dir = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run_dir = run_dir_of(path)
     try:
         newest = resume_candidates(run_dir)
     except OSError:
