@@ -46,7 +46,7 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
-def _bad(path: str, err: BaseException, skip: bool) -> None:
+def bad_image(path: str, err: BaseException, skip: bool) -> None:
     """Warn once per process about a skipped file, or raise :class:`BadImageError` naming it."""
     reason = " ".join(str(err).split()) or type(err).__name__
     if not skip:
@@ -89,7 +89,7 @@ class ImageList(Dataset):
             try:
                 return self.transform(_rgb_loader(path)), target
             except UNREADABLE as err:
-                _bad(path, err, self.skip_bad_images)
+                bad_image(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images from {self.root} could not be read")
 
 
@@ -98,6 +98,19 @@ def _rgb_loader(path: str) -> Any:
 
     with open(path, "rb") as f:
         return Image.open(f).convert("RGB")
+
+
+def view_payload(data: bytes, views: Sequence[ViewSpec], decode: str, generator: torch.Generator | None) -> Any:
+    """One encoded image's training item: its views cut here (``decode="cpu"``: uint8 tensors), or its bytes
+    and crop boxes for the device decoder (``"gpu"``: :func:`cssl.data.views.decode_on_device`). Shared by the
+    folder and the shards (whose records hold the original files)."""
+    if decode == "cpu":
+        return decode_views(data, views, generator)
+    header = Image.open(io.BytesIO(data))  # reads the header only
+    width, height = header.size
+    boxes = torch.tensor(sample_boxes(height, width, views, generator), dtype=torch.long)  # (V, 4)
+    device_jpeg = header.format == "JPEG" and header.mode == "RGB"  # CMYK, grayscale, PNG: CPU decoder
+    return {"data": bytes(data), "boxes": boxes, "device_jpeg": device_jpeg}  # bytes: records come as memoryview
 
 
 class FolderViews(Dataset):
@@ -141,14 +154,10 @@ class FolderViews(Dataset):
         return len(self.samples)
 
     def _item(self, path: str, generator: torch.Generator | None) -> Any:
-        data = _read(path)
-        if self.decode == "cpu":
-            return decode_views(data, self.views, generator)
-        header = Image.open(io.BytesIO(data))  # reads the header only
-        width, height = header.size
-        boxes = torch.tensor(sample_boxes(height, width, self.views, generator), dtype=torch.long)  # (V, 4)
-        device_jpeg = header.format == "JPEG" and header.mode == "RGB"  # CMYK, grayscale, PNG: CPU decoder
-        return {"data": data, "boxes": boxes, "device_jpeg": device_jpeg, "path": path}
+        payload = view_payload(_read(path), self.views, self.decode, generator)
+        if isinstance(payload, dict):
+            payload["path"] = path
+        return payload
 
     def __getitem__(self, index: int | tuple[int, int]) -> tuple[Any, int, int]:
         generator = None
@@ -160,7 +169,7 @@ class FolderViews(Dataset):
             try:
                 return self._item(path, generator), label, k
             except UNREADABLE as err:
-                _bad(path, err, self.skip_bad_images)
+                bad_image(path, err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive images could not be read (last: {path})")
 
 
@@ -170,7 +179,7 @@ def replace_bad(views: list[Tensor], labels: Tensor, bad: Tensor, paths: Sequenc
     rows = bad.nonzero().flatten().tolist()
     good = (~bad).nonzero().flatten().tolist()
     for i in rows:
-        _bad(paths[i], OSError("no decoder could read it"), skip)
+        bad_image(paths[i], OSError("no decoder could read it"), skip)
     if not good:
         raise ConfigError(f"data.root: no image of a batch could be read (first: {paths[rows[0]]})")
     for i in rows:

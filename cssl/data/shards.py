@@ -36,10 +36,10 @@ from torch.utils.data import Dataset
 
 from cssl.core.errors import ConfigError, check, is_number
 from cssl.data.datamodules import DATASETS, FolderDataModule, ImageDataModule
-from cssl.data.folder import MAX_TRIES, UNREADABLE, _bad
+from cssl.data.folder import MAX_TRIES, UNREADABLE, bad_image, view_payload
 from cssl.data.listing import say
 from cssl.data.resumable import draw_seed
-from cssl.data.views import ViewSpec, decode_views, sample_boxes
+from cssl.data.views import ViewSpec
 
 MANIFEST = "manifest.json"
 REMOTE = ("s3://", "gs://", "azure://", "r2://", "hf://", "local:")
@@ -113,18 +113,6 @@ def _open(root: str, cache_dir: str | None, **kwargs: Any) -> Any:
         raise ConfigError(f"data.root: could not open the shards at {root} ({reason})") from None
 
 
-def view_payload(data: bytes, views: Sequence[ViewSpec], decode: str, generator: torch.Generator | None) -> Any:
-    """What :class:`cssl.data.folder.FolderViews` makes of one file's bytes: the views cut on this worker
-    (``decode="cpu"``), or the bytes and boxes for the device decoder (``"gpu"``)."""
-    if decode == "cpu":
-        return decode_views(data, views, generator)
-    header = Image.open(io.BytesIO(data))  # reads the header only
-    width, height = header.size
-    boxes = torch.tensor(sample_boxes(height, width, views, generator), dtype=torch.long)  # (V, 4)
-    device_jpeg = header.format == "JPEG" and header.mode == "RGB"
-    return {"data": bytes(data), "boxes": boxes, "device_jpeg": device_jpeg}
-
-
 @functools.cache
 def _streaming_views_class() -> type:
     """:class:`ShardViews`, made on first use: importing LitData costs a quarter second that only runs which
@@ -171,7 +159,7 @@ def _streaming_views_class() -> type:
                 try:
                     payload = view_payload(record["image"], self.views, self.decode, generator)
                 except UNREADABLE as err:
-                    _bad(f"{self.source}#{sample}", err, self.skip_bad_images)
+                    bad_image(f"{self.source}#{sample}", err, self.skip_bad_images)
                     continue
                 if isinstance(payload, dict):
                     payload["path"] = f"{self.source}#{sample}"
@@ -251,7 +239,7 @@ class ShardImages(Dataset):
                 with Image.open(io.BytesIO(record["image"])) as image:
                     return tf(image.convert("RGB")), int(record["label"])
             except UNREADABLE as err:
-                _bad(f"{self.root}#{record['id']}", err, self.skip_bad_images)
+                bad_image(f"{self.root}#{record['id']}", err, self.skip_bad_images)
         raise ConfigError(f"data.root: {MAX_TRIES} consecutive records of {self.root} could not be read")
 
 
