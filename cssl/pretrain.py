@@ -217,7 +217,7 @@ def pretrain(cfg: DictConfig) -> dict[str, Any]:
     data.check()  # a missing dataset fails here, before any model is built
     cifar_stem = data.default_cifar_stem if cfg.cifar_stem is None else bool(cfg.cifar_stem)
     model = build_method(cfg, data.num_classes, data.batch_size, cifar_stem)
-    model.online_probe = model.online_probe and getattr(data, "online_probe", True)  # labels only held out: off
+    model.online_probe = model.online_probe and data.online_probe  # labels only in the held-out images: off
     apply_speed_options(cfg, model)
     resume = resolve_resume(cfg.resume, run_dir, model.meta["method"])
 

@@ -82,6 +82,7 @@ class ImageDataModule(pl.LightningDataModule):
     mean = IMAGENET_MEAN
     std = IMAGENET_STD
     center_crop_eval = False
+    online_probe = True  # whether the training images carry the held-out set's labels (the online probe learns)
 
     def __init__(
         self,
@@ -589,7 +590,6 @@ class FolderDataModule(ImageDataModule):
         self.views: list[ViewSpec] | None = None  # set by cut_views
         self.view_augment: Any = None
         self.skipped_images: Tensor | None = None  # unreadable files replaced in the last training batch
-        self.online_probe = True  # whether the training images carry the labels of the held-out set
         self.listing: Listing | None = None  # of the training images, once listed
         self._held_listing: Listing | None = None  # of the held-out images (eval_root / eval_files), once listed
         check(

@@ -212,20 +212,17 @@ class Method(pl.LightningModule):
         views = [self._images(v) for v in views]
         main = len(views) - self.needs.support
         loss, feats, logs = self.ssl_step(views[:main], views[main:], y)
+        self.log("train/loss", loss, prog_bar=True)
+        for name, value in logs.items():
+            self.log(name, value)
         if not self.online_probe:
-            self.log("train/loss", loss, prog_bar=True)
-            for name, value in logs.items():
-                self.log(name, value)
             return loss
         logits = self.probe(feats.detach())
         # mean over labelled rows (label -1 = unlabelled), without a host sync on the label count
         probe_loss = F.cross_entropy(logits, y, ignore_index=-1, reduction="sum") / (y >= 0).sum().clamp(min=1)
         self.train_acc.update(logits, y)  # no per-step value (forward would compute one): epoch-level metric
-        self.log("train/loss", loss, prog_bar=True)
         self.log("train/probe_loss", probe_loss)
         self.log("train/online_top1", self.train_acc, on_step=False, on_epoch=True)
-        for name, value in logs.items():
-            self.log(name, value)
         return loss + probe_loss
 
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
