@@ -24,6 +24,7 @@ from cssl.eval.results import eval_metrics, knn_cell
 from cssl.eval.subsets import LabelSubset, SubsetWithSamples, describe, write_subset
 from cssl.models.backbones import build_backbone, list_backbones
 from cssl.models.optim import OptimSettings
+from cssl.models.weights import backbone_weights
 from cssl.runtime import console, loggers, run
 from cssl.runtime.checkpoint import find_checkpoint, read_checkpoint, run_dir_of
 
@@ -34,7 +35,7 @@ def load_backbone(path: Path) -> tuple[torch.nn.Module, dict[str, Any], Path]:
     ckpt = read_checkpoint(path)
     meta = ckpt["cssl"]
     backbone = build_backbone(str(meta["backbone"]), cifar_stem=bool(meta["cifar_stem"]))
-    weights = {k[len("backbone.") :]: v for k, v in ckpt["state_dict"].items() if k.startswith("backbone.")}
+    weights = backbone_weights(ckpt["state_dict"])
     missing, unexpected = backbone.load_state_dict(weights, strict=False)
     if missing or unexpected:
         raise ConfigError(

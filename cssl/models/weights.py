@@ -85,10 +85,15 @@ def read_state_dict(path: Path, key: str = "backbone_init") -> dict[str, Tensor]
         raise ConfigError(f"{key}={path}: holds no state dict (a mapping of names to tensors)")
     state = {str(k): v for k, v in obj.items() if isinstance(v, Tensor)}
     if cssl_checkpoint:
-        state = {k[len("backbone.") :]: v for k, v in state.items() if k.startswith("backbone.")}
+        state = backbone_weights(state)
     elif state and all(k.startswith("module.") for k in state):  # saved from DataParallel/DDP
         state = {k[len("module.") :]: v for k, v in state.items()}
     return state
+
+
+def backbone_weights(state_dict: dict[str, Tensor]) -> dict[str, Tensor]:
+    """The backbone's tensors of a cssl checkpoint's ``state_dict`` (its ``backbone.`` keys, prefix dropped)."""
+    return {k[len("backbone.") :]: v for k, v in state_dict.items() if k.startswith("backbone.")}
 
 
 def _is_state_dict(obj: Any) -> bool:
