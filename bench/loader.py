@@ -42,6 +42,7 @@ from bench.common import median_seconds  # noqa: E402
 from cssl.data import build_datamodule  # noqa: E402
 from cssl.data.folder import FolderViews  # noqa: E402
 from cssl.data.views import ViewSpec, decode_views  # noqa: E402
+from cssl.runtime.measure import threads  # noqa: E402
 
 TWO = [ViewSpec(224, (0.08, 1.0))] * 2
 MULTI = TWO + [ViewSpec(96, (0.05, 0.14))] * 4
@@ -128,12 +129,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.repeats, args.draws = 4, 1, 40
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):  # per-core figures
         run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> None:

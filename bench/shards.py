@@ -43,6 +43,7 @@ from cssl.data.listing import list_images  # noqa: E402
 from cssl.data.resumable import draw_seed  # noqa: E402
 from cssl.data.shards import _streaming_views_class, quiet  # noqa: E402
 from cssl.data.views import ViewSpec  # noqa: E402
+from cssl.runtime.measure import threads  # noqa: E402
 from cssl.shard import shard  # noqa: E402
 
 TWO = [ViewSpec(224, (0.08, 1.0))] * 2
@@ -88,12 +89,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.quick:
         args.count, args.repeats, args.chunk_bytes = 12, 1, "200kb"
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with threads(1):  # per-core figures
         run(args)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def run(args: argparse.Namespace) -> None:
