@@ -67,6 +67,17 @@ def finish(proc: subprocess.Popen, log: Path, timeout: float = 300) -> str:
     return text
 
 
+def straight_and_killed(command: Sequence[str], root: Path, env: dict[str, str]) -> tuple[Path, Path]:
+    """``train.py command`` run to its end in ``root/straight``, and in ``root/killed`` SIGKILLed (with its
+    process group) once its step-2 checkpoint exists; returns both run dirs (``*.log`` beside them)."""
+    straight, killed = root / "straight", root / "killed"
+    finish(start(train_cmd(*command, f"run_dir={straight}"), env, root / "straight.log"), root / "straight.log")
+    first = start(train_cmd(*command, f"run_dir={killed}"), env, root / "first.log")
+    wait_for(first, lambda: (killed / "checkpoints" / "step00000002.ckpt").is_file())
+    kill_group(first)
+    return straight, killed
+
+
 def max_difference(a: dict, b: dict) -> float:
     """The largest absolute difference between the weights, buffers (queues, banks, momentum encoders),
     optimiser states and learning-rate schedules of two checkpoints; inf if their structure differs."""

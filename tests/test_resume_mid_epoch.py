@@ -14,7 +14,7 @@ import pytest
 
 from cssl.runtime.checkpoint import resume_candidates
 from tests.conftest import QUICK, load_checkpoint
-from tests.interrupt import clean_env, finish, kill_group, max_difference, start, train_cmd, wait_for
+from tests.interrupt import clean_env, finish, max_difference, start, straight_and_killed, train_cmd
 
 pytestmark = pytest.mark.slow  # whole training runs in subprocesses
 
@@ -37,13 +37,7 @@ COMMAND = (
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("midepoch")
     env = clean_env()
-    straight = start(train_cmd(*COMMAND, f"run_dir={root / 'straight'}"), env, root / "straight.log")
-    finish(straight, root / "straight.log")
-
-    run_dir = root / "killed"
-    first = start(train_cmd(*COMMAND, f"run_dir={run_dir}"), env, root / "first.log")
-    wait_for(first, lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
-    kill_group(first)
+    _, run_dir = straight_and_killed(COMMAND, root, env)
     killed_at = load_checkpoint(resume_candidates(run_dir)[0])["global_step"]  # what resume=auto will take
     again = start(train_cmd(*COMMAND, f"run_dir={run_dir}"), env, root / "again.log")
     log = finish(again, root / "again.log")

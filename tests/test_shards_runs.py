@@ -15,7 +15,7 @@ from PIL import Image
 from cssl.runtime.checkpoint import resume_candidates
 from cssl.shard import shard
 from tests.conftest import QUICK, check_ok, load_checkpoint, run_cli
-from tests.interrupt import clean_env, finish, kill_group, max_difference, start, train_cmd, wait_for
+from tests.interrupt import clean_env, finish, max_difference, start, straight_and_killed, train_cmd
 
 pytestmark = pytest.mark.slow  # whole runs in subprocesses
 
@@ -109,19 +109,14 @@ RESUME = (
 def test_sigkill_mid_epoch_then_same_command_ends_with_the_uninterrupted_tensors(labelled: Path, tmp_path) -> None:
     env = clean_env()
     command = (*RESUME, f"data.root={labelled}")
-    straight = start(train_cmd(*command, f"run_dir={tmp_path / 'straight'}"), env, tmp_path / "straight.log")
-    finish(straight, tmp_path / "straight.log")
-    run_dir = tmp_path / "killed"
-    first = start(train_cmd(*command, f"run_dir={run_dir}"), env, tmp_path / "first.log")
-    wait_for(first, lambda: (run_dir / "checkpoints" / "step00000002.ckpt").is_file())
-    kill_group(first)
+    straight, run_dir = straight_and_killed(command, tmp_path, env)
     killed_at = load_checkpoint(resume_candidates(run_dir)[0])
     assert killed_at["global_step"] % STEPS != 0  # killed inside an epoch
     saved = next(v for k, v in killed_at.items() if "ShardDataModule" in k)  # the data module's state
     assert saved["batches"] and saved["loader"]["num_samples_yielded"] == saved["batches"] * 8
     log = finish(start(train_cmd(*command, f"run_dir={run_dir}"), env, tmp_path / "again.log"), tmp_path / "again.log")
     assert "Restoring states from the checkpoint path" in log
-    a = load_checkpoint(tmp_path / "straight" / "checkpoints" / "last.ckpt")
+    a = load_checkpoint(straight / "checkpoints" / "last.ckpt")
     b = load_checkpoint(run_dir / "checkpoints" / "last.ckpt")
     assert a["global_step"] == b["global_step"] == 2 * STEPS
     assert max_difference(a, b) <= 1e-6
