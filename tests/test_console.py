@@ -35,6 +35,14 @@ def _noise(out: str) -> list[str]:
     return [word for word in NOISE if word in out]
 
 
+def _closing(proc) -> list[str]:
+    """The lines from ``done:`` on, of a run that ended well and printed none of :data:`NOISE`."""
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert _noise(out) == [], out
+    return proc.stdout[proc.stdout.index("done: ") :].splitlines()
+
+
 @pytest.mark.slow
 def test_a_run_ends_with_a_few_lines_and_no_noise(tmp_path):
     run = tmp_path / "run"
@@ -43,13 +51,10 @@ def test_a_run_ends_with_a_few_lines_and_no_noise(tmp_path):
         "train.py", *args, "logger=wandb", "trainer.max_epochs=1", "trainer.max_steps=2", f"run_dir={run}",
         env=_env(tmp_path),
     )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert _noise(out) == [], out
+    closing = _closing(proc)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["metrics"] and summary["global_step"] == 2  # the full JSON is in the file
     offline = next((run / "wandb").glob("offline-run-*"))
-    closing = proc.stdout[proc.stdout.index("done: ") :].splitlines()
     assert closing == [
         f"done: simclr on digits, 1 epoch (2 steps) in {console.duration(summary['wall_seconds'])}, "
         f"{summary['images_per_second']:.0f} images/s",
@@ -65,11 +70,8 @@ def test_a_run_ends_with_a_few_lines_and_no_noise(tmp_path):
         "linear_eval.py", f"ckpt={run}", "logger=csv", "trainer.progress_bar=false", "trainer.max_epochs=1",
         "data.batch_size=64", "trainer.limit_val_batches=2", f"run_dir={lin}", env=_env(tmp_path),
     )  # fmt: skip
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, out[-3000:]
-    assert _noise(out) == [], out
+    closing = _closing(proc)
     result = json.loads((lin / "summary.json").read_text())
-    closing = proc.stdout[proc.stdout.index("done: ") :].splitlines()
     assert closing == [
         f"done: linear evaluation (protocol default) of simclr timm:test_resnet on digits, 1 epoch in "
         f"{console.duration(result['wall_seconds'])}",
