@@ -271,8 +271,6 @@ def _existing(path: Path) -> Path:
 
 def _remove(path: Path) -> None:
     try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
+        path.unlink(missing_ok=True)
     except OSError:
         pass  # a read-only folder: there is no partial file to remove either
