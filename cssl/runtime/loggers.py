@@ -131,17 +131,20 @@ def log_artifact(loggers: list[Logger], files: list[Path], *, name: str, metadat
     ``wandb sync``); returns ``name:latest``, or None without a working W&B logger."""
     import wandb
 
-    for logger in loggers:
-        if isinstance(logger, SafeWandbLogger) and not logger._broken:
-            experiment = logger.experiment
-            if not hasattr(experiment, "log_artifact"):  # W&B failed to start: a dummy
-                return None
-            artifact = wandb.Artifact(_artifact_name(name), type="model", metadata=metadata)
-            for path in files:
-                artifact.add_file(str(path), name=Path(path).name)
-            experiment.log_artifact(artifact, aliases=["latest"])
-            return f"{artifact.name}:latest"
-    return None
+    logger = _working_wandb(loggers)
+    experiment = None if logger is None else logger.experiment
+    if not hasattr(experiment, "log_artifact"):  # no W&B logger, or W&B failed to start (a dummy)
+        return None
+    artifact = wandb.Artifact(_artifact_name(name), type="model", metadata=metadata)
+    for path in files:
+        artifact.add_file(str(path), name=Path(path).name)
+    experiment.log_artifact(artifact, aliases=["latest"])
+    return f"{artifact.name}:latest"
+
+
+def _working_wandb(loggers: list[Logger]) -> SafeWandbLogger | None:
+    """The W&B logger among ``loggers``, unless logging to it has failed."""
+    return next((lg for lg in loggers if isinstance(lg, SafeWandbLogger) and not lg._broken), None)
 
 
 def _artifact_name(name: str) -> str:
@@ -298,19 +301,17 @@ def log_histograms(logger: object, step: int, pos: Tensor, neg: Tensor, max_valu
 def run_record(loggers: list[Logger]) -> dict[str, Any] | None:
     """The W&B run of a training (id, project, entity, mode and its local folder) for the checkpoint, so that
     evaluations can write their results into it (:func:`write_eval_summary`); None without W&B."""
-    for logger in loggers:
-        if isinstance(logger, SafeWandbLogger) and not logger._broken:
-            run = logger.experiment
-            if logger._broken or not getattr(run, "id", None):
-                return None
-            return {
-                "id": str(run.id),
-                "project": getattr(run, "project", None) or logger._wandb_init.get("project"),
-                "entity": getattr(run, "entity", None) or logger._wandb_init.get("entity"),
-                "mode": "offline" if logger._offline else "online",
-                "dir": str(Path(run.dir).parent),
-            }
-    return None
+    logger = _working_wandb(loggers)
+    run = None if logger is None else logger.experiment
+    if logger is None or logger._broken or not getattr(run, "id", None):  # _broken: starting it may fail
+        return None
+    return {
+        "id": str(run.id),
+        "project": getattr(run, "project", None) or logger._wandb_init.get("project"),
+        "entity": getattr(run, "entity", None) or logger._wandb_init.get("entity"),
+        "mode": "offline" if logger._offline else "online",
+        "dir": str(Path(run.dir).parent),
+    }
 
 
 class RecordRun(pl.Callback):
